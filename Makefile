@@ -1,0 +1,47 @@
+# mpai: `make run` serves the demo on the embedded default; `make test` is the whole gate.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+HOST   ?= 127.0.0.1
+PORT   ?= 8000
+
+.PHONY: install run test lint services worker beat clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[test,dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+run: install
+	$(BIN)/python manage.py migrate --noinput
+	@if ! $(BIN)/python manage.py shell -c "from django.contrib.auth import get_user_model as m; raise SystemExit(0 if m().objects.exists() else 1)"; then \
+		pw=$$($(BIN)/python -c "import secrets; print(secrets.token_urlsafe(12))"); \
+		DJANGO_SUPERUSER_PASSWORD=$$pw $(BIN)/python manage.py createsuperuser --noinput --username demo --email demo@example.com && \
+		echo "Created the demo user: username 'demo', password '$$pw' (sign in at http://$(HOST):$(PORT)/)"; \
+	fi
+	$(BIN)/uvicorn config.asgi:application --host $(HOST) --port $(PORT)
+
+services:
+	.ci/services
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy mpai
+	$(BIN)/python manage.py makemigrations --check --dry-run
+
+test: install services lint
+	$(BIN)/pytest
+
+worker: install
+	$(BIN)/celery -A config worker -l info
+
+beat: install
+	$(BIN)/celery -A config beat -l info
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""The chat pipeline: everything between a user's message and the saved reply."""

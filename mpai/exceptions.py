@@ -1,0 +1,129 @@
+"""The mpai error hierarchy.
+
+Every error a client may see carries a stable ``code`` (the websocket
+``chat.error`` codes pinned in CONTRACTS.md) and a human ``detail``.
+"""
+
+from __future__ import annotations
+
+
+class MpaiError(Exception):
+    """Base of every mpai error.
+
+    Attributes:
+        code: the stable error code sent to clients.
+        detail: a human sentence safe to show to the user.
+        retry_after: seconds the client should wait before retrying, or None.
+    """
+
+    code = "internal_error"
+    default_detail = "Something went wrong on our side."
+
+    def __init__(self, detail: str | None = None, *, retry_after: float | None = None) -> None:
+        self.detail = detail or self.default_detail
+        self.retry_after = retry_after
+        super().__init__(self.detail)
+
+
+# --- input and access ----------------------------------------------------------------
+
+
+class InvalidMessage(MpaiError):
+    code = "invalid_message"
+    default_detail = "The message is empty or contains characters that are not allowed."
+
+
+class MessageTooLong(MpaiError):
+    code = "message_too_long"
+    default_detail = "The message is too long."
+
+
+class ConversationNotFound(MpaiError):
+    code = "conversation_not_found"
+    default_detail = "No such conversation."
+
+
+class RateLimited(MpaiError):
+    code = "rate_limited"
+    default_detail = "Too many messages; please wait a moment."
+
+
+class Busy(MpaiError):
+    code = "busy"
+    default_detail = "A reply is still streaming on this connection."
+
+
+# --- provider -------------------------------------------------------------------------
+
+
+class ProviderError(MpaiError):
+    """An error from the model provider.
+
+    Attributes:
+        status: the HTTP status code, or None (connection errors, stream errors).
+        provider_message: the provider's own error message, for logs.
+    """
+
+    code = "provider_error"
+    default_detail = "The assistant's provider reported an error."
+
+    def __init__(
+        self,
+        detail: str | None = None,
+        *,
+        status: int | None = None,
+        provider_message: str | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(detail, retry_after=retry_after)
+        self.status = status
+        self.provider_message = provider_message
+
+
+class ProviderAuthError(ProviderError):
+    """401/403: the API key is missing, wrong or not allowed."""
+
+    code = "provider_auth"
+    default_detail = "The assistant's provider refused our credentials."
+
+
+class ProviderRateLimited(ProviderError):
+    """429 after retries; ``retry_after`` holds the provider's Retry-After when sent."""
+
+    code = "provider_rate_limited"
+    default_detail = "The assistant's provider is rate limiting us; please retry shortly."
+
+
+class ProviderBadRequest(ProviderError):
+    """Another 4xx: the request was not accepted."""
+
+    code = "provider_bad_request"
+    default_detail = "The assistant's provider did not accept the request."
+
+
+class ContextLengthExceeded(ProviderBadRequest):
+    """400 with the provider's context-length error code."""
+
+    code = "context_length_exceeded"
+    default_detail = "The conversation is too long for the model."
+
+
+class ProviderUnavailable(ProviderError):
+    """Connection failures, 409 and 5xx after retries."""
+
+    code = "provider_unavailable"
+    default_detail = "The assistant's provider is unavailable; please retry shortly."
+
+
+class ProviderTimeout(ProviderError):
+    """Connect or read timeouts, and 408 after retries."""
+
+    code = "provider_timeout"
+    default_detail = "The assistant's provider did not answer in time."
+
+
+class ProviderStreamError(ProviderError):
+    """An error object or ``event: error`` inside an accepted stream."""
+
+    code = "provider_error"
+    default_detail = "The assistant's provider failed while answering."

@@ -1,0 +1,95 @@
+"""Chat history: conversations and their messages.
+
+Indexes are named after the queries the app makes (see each ``Meta``):
+a user's history newest first (the chat-history API), a conversation's messages in
+order (context building), and age (retention cleanup, the seed's 30-day rule).
+"""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.db import models
+from django.db.models import Q
+
+
+class Conversation(models.Model):
+    """One chat thread owned by one user."""
+
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="mpai_conversations"
+    )
+    title = models.CharField(max_length=200, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["-updated_at", "-id"]
+        indexes = [
+            # The user's conversation list, most recently active first.
+            models.Index(fields=["owner", "-updated_at"], name="mpai_conv_owner_updated_idx"),
+            # Retention: conversations untouched for N days.
+            models.Index(fields=["updated_at"], name="mpai_conv_updated_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return self.title or f"Conversation {self.pk}"
+
+
+class Message(models.Model):
+    """One message of a conversation, from the user or the assistant.
+
+    ``content`` of an assistant message is exactly the text streamed to the client,
+    also when the reply was interrupted (status ``error`` or ``cancelled``).
+    """
+
+    class Role(models.TextChoices):
+        USER = "user", "User"
+        ASSISTANT = "assistant", "Assistant"
+
+    class Status(models.TextChoices):
+        STREAMING = "streaming", "Streaming"
+        COMPLETE = "complete", "Complete"
+        ERROR = "error", "Error"
+        CANCELLED = "cancelled", "Cancelled"
+
+    conversation = models.ForeignKey(
+        Conversation, on_delete=models.CASCADE, related_name="messages"
+    )
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="mpai_messages"
+    )
+    role = models.CharField(max_length=16, choices=Role.choices)
+    content = models.TextField(blank=True)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.COMPLETE)
+    model = models.CharField(max_length=100, blank=True)
+    prompt_tokens = models.PositiveIntegerField(null=True, blank=True)
+    completion_tokens = models.PositiveIntegerField(null=True, blank=True)
+    finish_reason = models.CharField(max_length=32, blank=True)
+    error_code = models.CharField(max_length=64, blank=True)
+    cached = models.BooleanField(default=False)
+    # The client's id for an idempotent send (on the user message of the exchange).
+    client_id = models.CharField(max_length=64, null=True, blank=True)  # noqa: DJ001 (NULL = none, for the conditional unique constraint)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["created_at", "id"]
+        indexes = [
+            # Chat-history API: WHERE owner_id = ? ORDER BY created_at DESC, id DESC.
+            models.Index(fields=["owner", "-created_at", "-id"], name="mpai_msg_owner_created_idx"),
+            # Context building: a conversation's messages in order.
+            models.Index(
+                fields=["conversation", "created_at", "id"], name="mpai_msg_conv_created_idx"
+            ),
+            # Retention cleanup: WHERE created_at < ?.
+            models.Index(fields=["created_at"], name="mpai_msg_created_idx"),
+        ]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["owner", "client_id"],
+                condition=Q(client_id__isnull=False),
+                name="mpai_msg_owner_client_id_uniq",
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.role} message {self.pk}"

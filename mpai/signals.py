@@ -1,0 +1,38 @@
+"""Hook-style signals at each measurement point of a chat request.
+
+The Django equivalent of the seed's ``do_action('mpai_*')`` measurement hooks
+(seed 000, "Measuring Response Time"). Every signal is sent with ``sender`` (the
+pipeline class) and the keyword arguments:
+
+- ``trace``: :class:`mpai.chat.trace.Trace`, the request id and monotonic timestamps
+  in nanoseconds (``time.monotonic_ns()``), one per point below;
+- ``user``: the user the request is for;
+- ``conversation``: the :class:`mpai.models.Conversation`;
+
+plus those named beside each signal. Signals are sent with ``send_robust``: a
+receiver that raises is logged and never breaks the chat. Receivers run in the
+thread that streams the reply and must not block.
+"""
+
+from django.dispatch import Signal
+
+# The messages for the provider are ready.
+# Extra kwargs: messages (list of {"role", "content"}), model (str).
+context_built = Signal()
+
+# Just before the HTTP request goes out; once per request (retries: trace.attempts).
+# Extra kwargs: request (mpai.providers.ChatRequest).
+api_request_sent = Signal()
+
+# The provider's status line and headers have arrived; the body is not read yet.
+# Extra kwargs: attempts (int, HTTP requests made including retries).
+api_response_received = Signal()
+
+# The stream has ended and the reply is assembled.
+# Extra kwargs: text (str), finish_reason (str | None), usage (mpai.providers.Usage | None).
+response_processed = Signal()
+
+# The reply is saved and the final frame sent.
+# Extra kwargs: message (mpai.models.Message), status (str), error_code (str | None),
+# timings_ms (dict of float ms, the keys of chat.completed's timings_ms).
+request_complete = Signal()
