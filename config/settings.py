@@ -115,6 +115,10 @@ else:
     CELERY_RESULT_BACKEND = "cache+memory://"
     CELERY_TASK_ALWAYS_EAGER = True
 CELERY_TASK_EAGER_PROPAGATES = True
+CELERY_BEAT_SCHEDULE = {
+    # The seed's daily cleanup of chat history older than the retention period.
+    "mpai-cleanup-chat-history": {"task": "mpai.cleanup_chat_history", "schedule": 24 * 3600.0},
+}
 CELERY_BROKER_TRANSPORT_OPTIONS = {"socket_timeout": 30, "socket_connect_timeout": 5}
 
 # --- mpai ----------------------------------------------------------------------------

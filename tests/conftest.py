@@ -10,6 +10,7 @@ import pytest
 from django.contrib.auth import get_user_model
 from django.test.utils import override_settings
 
+from config.celery import app as celery_app  # noqa: F401  (the app reads tests.settings)
 from tests.redis_server import RedisServer
 
 

@@ -1,0 +1,18 @@
+"""Celery tasks: thin wrappers over services (scheduled in the project's beat schedule)."""
+
+from __future__ import annotations
+
+from celery import shared_task
+
+from mpai.chat.retention import delete_expired_history
+
+
+@shared_task(name="mpai.cleanup_chat_history", ignore_result=True)
+def cleanup_chat_history() -> dict[str, int]:
+    """Apply the chat-history retention; returns the counts of rows touched."""
+    result = delete_expired_history()
+    return {
+        "messages_deleted": result.messages_deleted,
+        "conversations_deleted": result.conversations_deleted,
+        "stale_streams_closed": result.stale_streams_closed,
+    }
