@@ -31,8 +31,54 @@ DEFAULTS: dict[str, Any] = {
     "FAST_MODEL": None,
     # Input validation: maximum characters in one user message.
     "MAX_MESSAGE_LENGTH": 8000,
-    # History loaded into the provider request: newest N messages of the conversation.
-    "HISTORY_MESSAGES": 40,
+    # --- context building (seed 000, "Context Building Optimization") ---
+    # Token budget = MAX_INPUT_TOKENS - REPLY_RESERVE_TOKENS (tokens).
+    "MAX_INPUT_TOKENS": 8000,
+    "REPLY_RESERVE_TOKENS": 1000,
+    # Import string of a callable(text: str) -> int; the default works offline.
+    "TOKEN_ESTIMATOR": "mpai.chat.tokens.estimate_tokens",
+    # Section name -> import string of a provider (see mpai.chat.sections); None drops it.
+    "CONTEXT_SECTIONS": {
+        "user_info": "mpai.chat.sections.user_info",
+        "current_page": "mpai.chat.sections.current_page",
+        "site_data": "mpai.chat.sections.site_data",
+        "system_info": "mpai.chat.sections.system_info",
+    },
+    # Section priorities, 1 = kept first (the seed's order).
+    "CONTEXT_PRIORITIES": {
+        "user_query": 1,
+        "history": 2,
+        "user_info": 3,
+        "current_page": 4,
+        "site_data": 5,
+        "system_info": 6,
+    },
+    # The site-data section is loaded only for queries matching this regular expression.
+    "SITE_DATA_KEYWORDS": r"member|subscri|plan|billing|renew|price|payment|account|access",
+    "SITE_NAME": "Membership site",
+    # --- live conversation memory (seed 001; CONTRACTS.md "Context and memory") ---
+    "MEMORY_MAX_PAIRS": 20,
+    # A conversation idle this long (s) drops its live memory and cached context.
+    "MEMORY_IDLE_SECONDS": 24 * 3600,
+    # --- model choice: requests under this many prompt tokens, matching no rule, use
+    # FAST_MODEL (seed 000 "Efficient API Usage") ---
+    "FAST_MODEL_MAX_TOKENS": 1000,
+    # Regular expressions (case-insensitive) that mark a query as complex.
+    "COMPLEXITY_RULES": [
+        r"```",
+        r"\b(analy[sz]e|compare|explain (in detail|why)|step[- ]by[- ]step|refactor|debug)\b",
+        r"\b(write|generate) (a |an |the )?(code|program|script|function|essay|report)\b",
+    ],
+    # --- response cache (seed: API responses cached 30 minutes) ---
+    "RESPONSE_CACHE_ENABLED": True,
+    # Lifetime in seconds; None = the "api_response" category default.
+    "RESPONSE_CACHE_TIMEOUT": None,
+    # Characters per delta when a cached reply is streamed.
+    "CACHED_DELTA_CHARS": 24,
+    # --- slow-operation log levels (seed 001): below INFO_S at DEBUG, to WARNING_S at
+    # INFO, above at WARNING (seconds) ---
+    "SLOW_LOG_INFO_S": 1.0,
+    "SLOW_LOG_WARNING_S": 5.0,
     # System prompt sent first in every request.
     "SYSTEM_PROMPT": ("You are the assistant of a membership website. Answer clearly and briefly."),
     # Threads that run provider streams for websocket consumers (each holds one
@@ -42,6 +88,28 @@ DEFAULTS: dict[str, Any] = {
     "HISTORY_RETENTION_DAYS": 30,
     # Conversation titles: characters of the first message used as the title.
     "TITLE_LENGTH": 60,
+    # Rate limiting (mpai.chat.ratelimit): one token bucket per user (``user:<pk>``) or,
+    # for anonymous use, per client address (``ip:<addr>``). The seed names only the
+    # algorithm ("token bucket", "<0.1ms per check"); the figures are ours. Keys left
+    # out of a site's RATE_LIMIT keep these defaults.
+    "RATE_LIMIT": {
+        # False: every check is allowed and nothing touches the cache or Redis.
+        "ENABLED": True,
+        # Bucket size in tokens: the burst a full bucket allows (one message = 1 token).
+        "CAPACITY": 10,
+        # Refill in tokens per second: 0.5 = 30 messages a minute sustained.
+        "REFILL_RATE": 0.5,
+        # Django cache alias: a django-redis cache gives the atomic Redis bucket on its
+        # connection; any other backend gives the one-process cache bucket.
+        "CACHE": "default",
+        # A Redis URL for the bucket instead of the cache's connection (None: use CACHE).
+        "REDIS_URL": None,
+        # Prefix of every bucket key in Redis or in the cache.
+        "KEY_PREFIX": "mpai:rl:",
+        # Seconds between attempts to reach Redis during an outage; requests are
+        # allowed (fail open) meanwhile.
+        "OUTAGE_BACKOFF": 1.0,
+    },
     # Websocket: most deltas buffered for one slow client before the stream waits.
     "WEBSOCKET_SEND_QUEUE": 1000,
 }

@@ -16,6 +16,14 @@ thread that streams the reply and must not block.
 
 from django.dispatch import Signal
 
+# A filter, not a measurement point: sent while the context is built, before the
+# token budget is applied, so receivers may add, change or remove entries of
+# ``context.sections`` (mpai.chat.context.Section) in place; the Django equivalent of
+# the seed's ``mpai_chat_context`` filter. Sent with sender (the builder class),
+# context (mpai.chat.context.Context) and request (mpai.chat.context.ContextRequest).
+# Receivers run in connection order; exceptions are logged, never raised.
+context_building = Signal()
+
 # The messages for the provider are ready.
 # Extra kwargs: messages (list of {"role", "content"}), model (str).
 context_built = Signal()

@@ -13,6 +13,8 @@ from django.test.utils import override_settings
 from config.celery import app as celery_app  # noqa: F401  (the app reads tests.settings)
 from tests.redis_server import RedisServer
 
+pytest_plugins = ["tests.fake_openai"]
+
 
 @pytest.fixture(scope="session", autouse=True)
 def redis_server() -> Iterator[RedisServer]:

@@ -236,7 +236,7 @@ class ChatPipeline:
             )
             .exclude(content="")
             .order_by("-created_at", "-pk")
-            .values_list("role", "content")[: mpai_settings.HISTORY_MESSAGES]
+            .values_list("role", "content")[: 2 * mpai_settings.MEMORY_MAX_PAIRS + 5]
         )
         messages = [{"role": "system", "content": mpai_settings.SYSTEM_PROMPT}]
         messages += [{"role": role, "content": content} for role, content in reversed(history)]
