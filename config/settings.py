@@ -118,6 +118,11 @@ CELERY_TASK_EAGER_PROPAGATES = True
 CELERY_BEAT_SCHEDULE = {
     # The seed's daily cleanup of chat history older than the retention period.
     "mpai-cleanup-chat-history": {"task": "mpai.cleanup_chat_history", "schedule": 24 * 3600.0},
+    # Titles for new conversations, asked of the fast model in batches.
+    "mpai-generate-conversation-titles": {
+        "task": "mpai.generate_conversation_titles",
+        "schedule": 3600.0,
+    },
 }
 CELERY_BROKER_TRANSPORT_OPTIONS = {"socket_timeout": 30, "socket_connect_timeout": 5}
 

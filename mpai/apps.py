@@ -8,4 +8,12 @@ class MpaiConfig(AppConfig):
 
     def ready(self) -> None:
         # Connect receivers only; no database or network work here.
-        from mpai import signals  # noqa: F401
+        from mpai import signals
+        from mpai.cache.receivers import connect_receivers
+        from mpai.chat.slowlog import log_stage_timings
+
+        connect_receivers()
+
+        signals.request_complete.connect(
+            log_stage_timings, dispatch_uid="mpai.chat.slowlog.log_stage_timings"
+        )

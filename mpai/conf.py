@@ -110,6 +110,32 @@ DEFAULTS: dict[str, Any] = {
         # allowed (fail open) meanwhile.
         "OUTAGE_BACKOFF": 1.0,
     },
+    # Cache (mpai.cache grouped API): the Django cache alias it uses. The layered
+    # backend's own options live in CACHES[alias]["OPTIONS"] (mpai.cache.config).
+    "CACHE_ALIAS": "default",
+    # Cache: default lifetime in seconds per group (None = forever), the seed's
+    # categories. A site's dict is merged over this one, group by group.
+    "CACHE_TIMEOUTS": {
+        "user_context": 300,  # user contexts, 5 minutes
+        "api_response": 1800,  # API responses, 30 minutes
+        "tool_metrics": 3600,  # tool metrics, 1 hour
+        "query_analysis": 1200,  # query analysis, 20 minutes
+        "conversation_context": 900,  # conversation context, 15 minutes
+    },
+    # Cache: lifetime in seconds of groups not in CACHE_TIMEOUTS (the seed's 1 hour).
+    "CACHE_DEFAULT_TIMEOUT": 3600,
+    # --- batch and parallel requests (mpai.chat.batch; seed 000 "Parallel Requests",
+    # "Request Batching") ---
+    # Most provider requests in flight at once in one complete_many() call.
+    "BATCH_MAX_CONCURRENCY": 4,
+    # Prompt batching: most questions packed into one request, and most estimated
+    # tokens (TOKEN_ESTIMATOR) of the questions in one request.
+    "BATCH_MAX_QUESTIONS": 10,
+    "BATCH_MAX_TOKENS": 2000,
+    # Background titles (mpai.chat.titles): conversations titled per task run, and the
+    # longest title kept (characters).
+    "TITLE_BATCH_SIZE": 20,
+    "TITLE_MAX_CHARS": 60,
     # Websocket: most deltas buffered for one slow client before the stream waits.
     "WEBSOCKET_SEND_QUEUE": 1000,
 }

@@ -150,6 +150,8 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
                 content=content.get("content"),
                 conversation_id=content.get("conversation"),
                 client_id=client_id,
+                page=content.get("page"),
+                use_cache=content.get("cache", True),
             )
         except MpaiError as exc:
             await self.send_json(error_frame(exc))

@@ -5,6 +5,8 @@ from __future__ import annotations
 from celery import shared_task
 
 from mpai.chat.retention import delete_expired_history
+from mpai.chat.titles import generate_titles
+from mpai.conf import mpai_settings
 
 
 @shared_task(name="mpai.cleanup_chat_history", ignore_result=True)
@@ -16,3 +18,10 @@ def cleanup_chat_history() -> dict[str, int]:
         "conversations_deleted": result.conversations_deleted,
         "stale_streams_closed": result.stale_streams_closed,
     }
+
+
+@shared_task(name="mpai.generate_conversation_titles", ignore_result=True)
+def generate_conversation_titles() -> int:
+    """Title up to ``MPAI["TITLE_BATCH_SIZE"]`` conversations still named after their first
+    message (:func:`mpai.chat.titles.generate_titles`); returns how many were renamed."""
+    return generate_titles(limit=mpai_settings.TITLE_BATCH_SIZE)

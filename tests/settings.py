@@ -113,6 +113,8 @@ MPAI = {
         "BACKEND": "mpai.providers.offline.OfflineProvider",
         "OPTIONS": {"first_token_ms": 0, "tokens_per_second": 0},
     },
+    # Roomy by default; the rate-limit tests set their own buckets.
+    "RATE_LIMIT": {"CAPACITY": 10_000, "REFILL_RATE": 1_000},
 }
 
 LOGGING = {

@@ -183,3 +183,20 @@ async def test_disconnect_is_not_a_cancel(provider, auser):
         await asyncio.sleep(0.05)
     assert saved.status == "complete"
     assert saved.content == REPLY
+
+
+async def test_rate_limited_frame_carries_retry_after(provider, auser, settings):
+    settings.MPAI = {
+        **settings.MPAI,
+        "RATE_LIMIT": {"CAPACITY": 1, "REFILL_RATE": 0.01, "KEY_PREFIX": f"rl-ws-{auser.pk}:"},
+    }
+    ws = await open_socket(auser)
+    await ws.send_json_to({"type": "chat.message", "content": "first"})
+    _, final = await collect(ws)
+    assert final["type"] == "chat.completed"
+    await ws.send_json_to({"type": "chat.message", "content": "second"})
+    frame = await ws.receive_json_from(timeout=5)
+    assert frame["type"] == "chat.error"
+    assert frame["code"] == "rate_limited"
+    assert 0 < frame["retry_after"] <= 100
+    await ws.disconnect()

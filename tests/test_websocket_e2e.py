@@ -23,26 +23,26 @@ from tests.asgi_server import AsgiServer
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
-@pytest.fixture(scope="session")
-def e2e_server(
-    django_db_setup, django_db_blocker, redis_server, fake_openai_url
-) -> Iterator[AsgiServer]:
+def server_env(redis_url: str, provider_url: str) -> dict[str, str]:
+    """The demo project's environment for a server on the test database and Redis."""
     db = connection.settings_dict
-    database_url = (
-        f"postgres://{db['USER']}:{db['PASSWORD'] or 'postgres'}@{db['HOST'] or '127.0.0.1'}:"
-        f"{db['PORT'] or 5432}/{db['NAME']}"
-    )
-    server = AsgiServer(
-        {
-            "DATABASE_URL": database_url,
-            "REDIS_URL": redis_server.url,
-            "MPAI_PROVIDER_BASE_URL": fake_openai_url,
-            "MPAI_PROVIDER_API_KEY": "test-key",
-            "MPAI_PROVIDER_MODEL": "fake-model",
-            "DJANGO_SECRET_KEY": "tests-only-not-secret",
-            "DJANGO_DEBUG": "0",
-        }
-    )
+    return {
+        "DATABASE_URL": (
+            f"postgres://{db['USER']}:{db['PASSWORD'] or 'postgres'}@"
+            f"{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}"
+        ),
+        "REDIS_URL": redis_url,
+        "MPAI_PROVIDER_BASE_URL": provider_url,
+        "MPAI_PROVIDER_API_KEY": "test-key",
+        "MPAI_PROVIDER_MODEL": "fake-model",
+        "DJANGO_SECRET_KEY": "tests-only-not-secret",
+        "DJANGO_DEBUG": "0",
+    }
+
+
+@pytest.fixture(scope="session")
+def e2e_server(django_db_setup, redis_server, fake_openai_url) -> Iterator[AsgiServer]:
+    server = AsgiServer(server_env(redis_server.url, fake_openai_url))
     server.start()
     yield server
     server.stop()
@@ -203,3 +203,25 @@ def test_disconnect_then_resend_replays_the_whole_reply(e2e_server, session_cook
     assert "".join(deltas) == "".join(PARTS)
     assert Message.objects.filter(client_id="c-1").count() == 1
     assert len(fake_openai.requests) == 1
+
+
+def test_server_shutdown_saves_streaming_replies_as_cancelled(
+    django_db_setup, redis_server, fake_openai, user, session_cookie
+):
+    """A reply in progress when the server stops is saved with what was streamed."""
+    server = AsgiServer(server_env(redis_server.url, fake_openai.base_url))
+    fake_openai.stream_reply(["slow "] * 200, delay_s=0.1)
+    server.start()
+    try:
+        with open_ws(server, session_cookie) as ws:
+            send(ws, type="chat.message", conversation=None, content="long story please")
+            started = json.loads(ws.recv(timeout=10))
+            json.loads(ws.recv(timeout=10))  # the first delta
+            server.process.terminate()
+            server.process.wait(timeout=30)
+    finally:
+        server.stop()
+    saved = Message.objects.get(pk=started["message"])
+    assert saved.status == "cancelled"
+    assert saved.content.startswith("slow ")
+    assert len(saved.content) < len("slow ") * 200

@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,12 +28,19 @@ from django.db import IntegrityError, transaction
 from django.dispatch import Signal
 from django.utils import timezone
 
+from mpai import cache as mpai_cache
 from mpai import signals
+from mpai.chat import response_cache
 from mpai.chat import trace as points
+from mpai.chat.context import ContextBuilder, ContextRequest, budget_tokens
+from mpai.chat.memory import ConversationMemory
+from mpai.chat.model_choice import choose_model
+from mpai.chat.ratelimit import enforce
+from mpai.chat.titles import default_title
 from mpai.chat.trace import Trace
 from mpai.chat.validation import validate_client_id, validate_content
 from mpai.conf import mpai_settings
-from mpai.exceptions import ConversationNotFound, MpaiError
+from mpai.exceptions import ConversationNotFound, MessageTooLong, MpaiError
 from mpai.models import Conversation, Message
 from mpai.providers import ChatProvider, ChatRequest, ChatStream, Usage, get_provider
 
@@ -40,8 +48,31 @@ logger = logging.getLogger(__name__)
 
 DeltaCallback = Callable[[str], None]
 
+#: Cache group of a conversation's recent messages (seed: conversation context, 15 min).
+CONVERSATION_CONTEXT = "conversation_context"
 
-@dataclass
+#: Turns being generated in this process (for server shutdown).
+_active_turns: weakref.WeakSet[ChatTurn] = weakref.WeakSet()
+
+
+def cancel_all_turns() -> int:
+    """Cancel every reply being generated in this process (server shutdown).
+
+    Each is saved with its partial text and status ``cancelled`` by the thread that
+    runs it. Returns the number of turns cancelled.
+    """
+    turns = list(_active_turns)
+    for turn in turns:
+        turn.cancel()
+    return len(turns)
+
+
+def active_turns() -> int:
+    """Return the number of replies being generated in this process."""
+    return len(_active_turns)
+
+
+@dataclass(eq=False)  # identity semantics: turns live in a WeakSet
 class ChatTurn:
     """One exchange: the saved user message and the assistant message being written."""
 
@@ -51,6 +82,8 @@ class ChatTurn:
     assistant_message: Message
     trace: Trace
     replayed: bool = False
+    page: dict[str, Any] | None = None
+    use_cache: bool = True
     _cancelled: threading.Event = field(default_factory=threading.Event, repr=False)
     _stream: ChatStream | None = field(default=None, repr=False)
 
@@ -102,6 +135,8 @@ class ChatPipeline:
 
     def __init__(self, provider: ChatProvider | None = None) -> None:
         self._provider = provider
+        # Live memory per conversation id; a websocket connection keeps one pipeline.
+        self.memories: dict[int, ConversationMemory] = {}
 
     @property
     def provider(self) -> ChatProvider:
@@ -116,23 +151,35 @@ class ChatPipeline:
         content: object,
         conversation_id: object = None,
         client_id: object = None,
+        page: object = None,
+        use_cache: object = True,
     ) -> ChatTurn:
         """Validate a message and save it with an empty assistant reply.
 
         A ``client_id`` the user already sent returns the earlier exchange with
         ``replayed=True`` instead of saving a second one.
 
+        Args:
+            page: optional ``{"url": str, "title": str}`` of the page the user is on.
+            use_cache: False skips the response cache for this request.
+
         Raises:
-            InvalidMessage, MessageTooLong: bad content or client_id.
+            InvalidMessage, MessageTooLong: bad content or client_id; a message whose
+                tokens alone exceed the context budget is too long.
+            RateLimited: the user's token bucket is empty (``retry_after`` in seconds);
+                a replay is not counted.
             ConversationNotFound: no such conversation of this user.
         """
         trace = Trace()
         text = validate_content(content)
+        if ContextBuilder().estimate(text) > budget_tokens():
+            raise MessageTooLong("The message alone is longer than the model's context budget.")
         cid = validate_client_id(client_id)
         if cid is not None:
             earlier = self._find_replay(user, cid, trace)
             if earlier is not None:
                 return earlier
+        enforce(user=user)
         conversation = self._conversation(user, conversation_id, text)
         try:
             with transaction.atomic():
@@ -156,13 +203,19 @@ class ChatPipeline:
             if earlier is None:
                 raise
             return earlier
-        return ChatTurn(user, conversation, user_message, assistant_message, trace)
+        return ChatTurn(
+            user,
+            conversation,
+            user_message,
+            assistant_message,
+            trace,
+            page=page if isinstance(page, dict) else None,
+            use_cache=use_cache is not False,
+        )
 
     def _conversation(self, user: Any, conversation_id: object, text: str) -> Conversation:
         if conversation_id is None:
-            return Conversation.objects.create(
-                owner=user, title=" ".join(text.split())[: mpai_settings.TITLE_LENGTH]
-            )
+            return Conversation.objects.create(owner=user, title=default_title(text))
         try:
             pk = int(conversation_id)  # type: ignore[call-overload]
             return Conversation.objects.get(pk=pk, owner=user)
@@ -211,7 +264,13 @@ class ChatPipeline:
         Returns:
             The :class:`TurnResult`; provider errors are reported in it, not raised.
         """
-        result = self._replay(turn, on_delta) if turn.replayed else self._generate(turn, on_delta)
+        _active_turns.add(turn)
+        try:
+            result = (
+                self._replay(turn, on_delta) if turn.replayed else self._generate(turn, on_delta)
+            )
+        finally:
+            _active_turns.discard(turn)
         if on_complete is not None:
             on_complete(result)
         send_robust(
@@ -226,31 +285,96 @@ class ChatPipeline:
         )
         return result
 
-    def build_messages(self, turn: ChatTurn) -> list[dict[str, str]]:
-        """Return the provider messages: system prompt, recent history, the new message."""
-        history = (
+    def memory(self, conversation: Conversation, *, before: int) -> ConversationMemory:
+        """Return the live memory of ``conversation``, loading it when absent or idle.
+
+        ``before`` is the current user message's id: a load from the database takes
+        only the messages saved before it.
+
+        Order: this pipeline's memory, unless idle past ``MEMORY_IDLE_SECONDS``; then the
+        cached conversation context (15 minutes); then the database.
+        """
+        memory = self.memories.get(conversation.pk)
+        if memory is not None and memory.idle_for() > mpai_settings.MEMORY_IDLE_SECONDS:
+            del self.memories[conversation.pk]
+            mpai_cache.delete(str(conversation.pk), group=CONVERSATION_CONTEXT)
+            memory = None
+        if memory is None:
+            memory = ConversationMemory(max_pairs=mpai_settings.MEMORY_MAX_PAIRS)
+            cached = mpai_cache.get(str(conversation.pk), group=CONVERSATION_CONTEXT)
+            memory.messages = (
+                cached
+                if cached is not None
+                else self.load_history(conversation, limit=memory.safe_size, before=before)
+            )
+            self.memories[conversation.pk] = memory
+        return memory
+
+    @staticmethod
+    def load_history(
+        conversation: Conversation, *, limit: int, before: int
+    ) -> list[dict[str, str]]:
+        """Return the newest ``limit`` shown messages of ``conversation`` with ids below
+        ``before``, oldest first."""
+        rows = (
             Message.objects.filter(
-                conversation=turn.conversation,
+                conversation=conversation,
                 status__in=[Message.Status.COMPLETE, Message.Status.CANCELLED],
-                pk__lt=turn.user_message.pk,
+                pk__lt=before,
             )
             .exclude(content="")
             .order_by("-created_at", "-pk")
-            .values_list("role", "content")[: 2 * mpai_settings.MEMORY_MAX_PAIRS + 5]
+            .values_list("role", "content")[:limit]
         )
-        messages = [{"role": "system", "content": mpai_settings.SYSTEM_PROMPT}]
-        messages += [{"role": role, "content": content} for role, content in reversed(history)]
-        messages.append({"role": "user", "content": turn.user_message.content})
-        return messages
+        return [{"role": role, "content": content} for role, content in reversed(rows)]
+
+    def _remember(self, turn: ChatTurn, memory: ConversationMemory, reply: str) -> None:
+        memory.append(Message.Role.USER.value, turn.user_message.content)
+        if reply:
+            memory.append(Message.Role.ASSISTANT.value, reply)
+        memory.end_turn()
+        mpai_cache.set(str(turn.conversation.pk), list(memory.messages), group=CONVERSATION_CONTEXT)
 
     def _generate(self, turn: ChatTurn, on_delta: DeltaCallback) -> TurnResult:
         trace, common = turn.trace, {"user": turn.user, "conversation": turn.conversation}
-        model = mpai_settings.MODEL
-        messages = self.build_messages(turn)
+        memory = self.memory(turn.conversation, before=turn.user_message.pk)
+        builder = ContextBuilder()
+        query = turn.user_message.content
+        context = builder.build(
+            ContextRequest(turn.user, turn.conversation, query, turn.page), memory.messages
+        )
+        model = choose_model(query=query, prompt_tokens=context.tokens)
+        messages = context.messages
         trace.mark(points.CONTEXT_BUILT)
         send_robust(signals.context_built, trace=trace, messages=messages, model=model, **common)
 
         request = ChatRequest(model=model, messages=messages)
+        use_cache = turn.use_cache and mpai_settings.RESPONSE_CACHE_ENABLED
+        cached = response_cache.lookup(request) if use_cache else None
+        if cached is not None:
+            trace.cached = True
+            size = max(int(mpai_settings.CACHED_DELTA_CHARS), 1)
+            for start in range(0, len(cached.text), size):
+                if turn.cancelled:
+                    break
+                trace.mark_once(points.FIRST_DELTA)
+                self._deliver(on_delta, cached.text[start : start + size])
+                trace.mark(points.LAST_DELTA)
+            text = cached.text if not turn.cancelled else ""
+            result = self._finish(turn, text, cached.finish_reason, cached.usage, None, model=model)
+        else:
+            text, finish_reason, usage, error = self._stream(turn, request, on_delta)
+            result = self._finish(turn, text, finish_reason, usage, error, model=model)
+            if use_cache and result.status == Message.Status.COMPLETE:
+                response_cache.store(request, text=text, finish_reason=finish_reason, usage=usage)
+        self._remember(turn, memory, result.message.content)
+        return result
+
+    def _stream(
+        self, turn: ChatTurn, request: ChatRequest, on_delta: DeltaCallback
+    ) -> tuple[str, str | None, Usage | None, MpaiError | None]:
+        """Call the provider and relay deltas; returns (text, finish_reason, usage, error)."""
+        trace, common = turn.trace, {"user": turn.user, "conversation": turn.conversation}
         parts: list[str] = []
         finish_reason: str | None = None
         usage: Usage | None = None
@@ -260,41 +384,39 @@ class ChatPipeline:
         try:
             stream = self.provider.open_stream(request)
         except MpaiError as exc:
-            error = exc
+            return "", None, None, exc
         except Exception as exc:
             logger.exception("mpai provider failed to open a stream")
             error = MpaiError()
             error.__cause__ = exc
-        else:
-            trace.attempts = stream.attempts
-            trace.mark(points.API_RESPONSE_RECEIVED)
-            send_robust(
-                signals.api_response_received, trace=trace, attempts=stream.attempts, **common
-            )
-            turn._stream = stream
-            try:
-                if turn.cancelled:
-                    stream.close()
-                for chunk in stream:
-                    if turn.cancelled:
-                        break
-                    if chunk.text:
-                        trace.mark_once(points.FIRST_DELTA)
-                        trace.mark(points.LAST_DELTA)
-                        parts.append(chunk.text)
-                        self._deliver(on_delta, chunk.text)
-                    finish_reason = chunk.finish_reason or finish_reason
-                    usage = chunk.usage or usage
-            except MpaiError as exc:
-                error = exc
-            except Exception as exc:
-                if not turn.cancelled:
-                    logger.exception("mpai provider stream failed")
-                    error = MpaiError()
-                    error.__cause__ = exc
-            finally:
+            return "", None, None, error
+        trace.attempts = stream.attempts
+        trace.mark(points.API_RESPONSE_RECEIVED)
+        send_robust(signals.api_response_received, trace=trace, attempts=stream.attempts, **common)
+        turn._stream = stream
+        try:
+            if turn.cancelled:
                 stream.close()
-        return self._finish(turn, "".join(parts), finish_reason, usage, error, model=model)
+            for chunk in stream:
+                if turn.cancelled:
+                    break
+                if chunk.text:
+                    trace.mark_once(points.FIRST_DELTA)
+                    trace.mark(points.LAST_DELTA)
+                    parts.append(chunk.text)
+                    self._deliver(on_delta, chunk.text)
+                finish_reason = chunk.finish_reason or finish_reason
+                usage = chunk.usage or usage
+        except MpaiError as exc:
+            error = exc
+        except Exception as exc:
+            if not turn.cancelled:
+                logger.exception("mpai provider stream failed")
+                error = MpaiError()
+                error.__cause__ = exc
+        finally:
+            stream.close()
+        return "".join(parts), finish_reason, usage, error
 
     @staticmethod
     def _deliver(on_delta: DeltaCallback, text: str) -> None:

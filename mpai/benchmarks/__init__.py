@@ -1,0 +1,35 @@
+"""Benchmark suites for ``python manage.py mpai_benchmark <suite>``.
+
+A suite is a module of this package whose name does not start with ``_``; it
+provides ``run(stdout, options)``, where ``stdout`` has ``write(str)`` and
+``options`` is a mapping with at least ``redis_url`` (str or None) and
+``iterations`` (int or None: the suite's default). Adding a suite means adding a
+module: the command lists the modules it finds here as its choices.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from types import ModuleType
+
+
+def suite_names() -> list[str]:
+    """Return the names of the suites in this package, sorted."""
+    return sorted(
+        info.name for info in pkgutil.iter_modules(__path__) if not info.name.startswith("_")
+    )
+
+
+def load_suite(name: str) -> ModuleType:
+    """Import and return the suite module ``name``.
+
+    Raises:
+        LookupError: no such suite, or the module has no ``run``.
+    """
+    if name not in suite_names():
+        raise LookupError(f"No benchmark suite named {name!r}; choose from {suite_names()}.")
+    module = importlib.import_module(f"{__name__}.{name}")
+    if not callable(getattr(module, "run", None)):
+        raise LookupError(f"Benchmark suite {name!r} has no run(stdout, options).")
+    return module

@@ -1,0 +1,59 @@
+"""``manage.py mpai_benchmark cache`` runs and reports every figure (no timing asserts)."""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+import pytest
+import redis
+from django.core.management import call_command
+from django.db import connection
+
+from mpai.benchmarks import suite_names
+from mpai.benchmarks.cache import default_redis_url
+
+pytestmark = pytest.mark.django_db
+
+
+def test_the_cache_suite_reports_every_operation_and_ratio(redis_db: str) -> None:
+    out = io.StringIO()
+    call_command(
+        "mpai_benchmark", "cache", "--iterations", "40", "--redis-url", redis_db, stdout=out
+    )
+    report = out.getvalue()
+    for operation in (
+        "layered L1 hit",
+        "layered L2 hit",
+        "layered L3 hit",
+        "layered miss",
+        "layered set",
+        "LocMemCache hit",
+        "RedisCache hit",
+        "DatabaseCache hit",
+        "DatabaseCache set",
+    ):
+        assert operation in report
+    assert "L1 hit / LocMemCache hit" in report
+    assert "L2 hit / RedisCache hit" in report
+    assert "set / sum of the 3 sets" in report
+    assert "coherence: another process's L1 drops a key set here after median" in report
+    # Nothing is left behind: no keys, no table.
+    client = redis.Redis.from_url(redis_db)
+    assert [key for key in client.scan_iter(match="mpai-bench-*")] == []
+    assert not [name for name in connection.introspection.table_names() if "mpai_bench" in name]
+
+
+def test_suites_are_the_modules_of_the_package() -> None:
+    assert "cache" in suite_names()
+
+
+def test_default_redis_url(settings: Any, monkeypatch: Any) -> None:
+    monkeypatch.delenv("REDIS_URL", raising=False)
+    if hasattr(settings, "REDIS_URL"):
+        del settings.REDIS_URL
+    assert default_redis_url() == "redis://127.0.0.1:6379/0"
+    monkeypatch.setenv("REDIS_URL", "redis://example:6380")
+    assert default_redis_url() == "redis://example:6380/0"
+    settings.REDIS_URL = "redis://example:6381/4"
+    assert default_redis_url() == "redis://example:6381/4"

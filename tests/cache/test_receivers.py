@@ -1,0 +1,96 @@
+"""The cached user context is invalidated when the user or the membership changes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+import mpai.cache
+from mpai.cache import grouped
+from mpai.cache.receivers import connect_receivers
+from mpai.cache.signals import membership_changed
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def cache(configure: Any, settings: Any) -> Any:
+    layered = configure()
+    settings.MPAI = {**getattr(settings, "MPAI", {}), "CACHE_ALIAS": "default"}
+    connect_receivers()
+    return layered
+
+
+def cached_context(user: Any) -> Any:
+    return mpai.cache.get(str(user.pk), group=grouped.USER_CONTEXT)
+
+
+def remember_context(user: Any) -> None:
+    mpai.cache.set(str(user.pk), {"name": user.username}, group=grouped.USER_CONTEXT)
+
+
+def test_saving_the_user_invalidates_its_context(cache: Any, user: Any, make_user: Any) -> None:
+    other = make_user()
+    remember_context(user)
+    remember_context(other)
+    user.first_name = "Changed"
+    user.save()
+    assert cached_context(user) is None
+    assert cached_context(other) == {"name": other.username}
+
+
+def test_deleting_the_user_invalidates_its_context(cache: Any, user: Any) -> None:
+    remember_context(user)
+    pk = user.pk
+    user.delete()
+    assert mpai.cache.get(str(pk), group=grouped.USER_CONTEXT) is None
+
+
+def test_membership_changed_invalidates_the_context(cache: Any, user: Any) -> None:
+    remember_context(user)
+    membership_changed.send(sender=object, user=user)
+    assert cached_context(user) is None
+    remember_context(user)
+    membership_changed.send(sender=object, user=user.pk)  # a primary key works too
+    assert cached_context(user) is None
+
+
+def test_the_context_is_invalidated_again_after_commit(
+    cache: Any, user: Any, django_capture_on_commit_callbacks: Any
+) -> None:
+    with django_capture_on_commit_callbacks(execute=True) as callbacks:
+        remember_context(user)
+        user.save()
+        assert cached_context(user) is None
+        remember_context(user)  # a request that read the old row before the commit
+    assert len(callbacks) == 1
+    assert cached_context(user) is None
+
+
+def test_connect_receivers_is_idempotent(cache: Any, user: Any) -> None:
+    connect_receivers()
+    connect_receivers()
+    deletes: list[str] = []
+    original = grouped.delete
+
+    def counting_delete(key: Any, group: str = grouped.DEFAULT_GROUP) -> bool:
+        deletes.append(key)
+        return original(key, group)
+
+    grouped.delete = counting_delete
+    try:
+        membership_changed.send(sender=object, user=user)
+    finally:
+        grouped.delete = original
+    assert deletes == [str(user.pk)]  # one receiver, not three (on_commit runs later)
+
+
+def test_a_receiver_never_raises(cache: Any, user: Any, monkeypatch: Any) -> None:
+    def broken(*args: Any, **kwargs: Any) -> bool:
+        raise RuntimeError("cache exploded")
+
+    monkeypatch.setattr(grouped, "delete", broken)
+    user.save()  # no exception
+    membership_changed.send(sender=object, user=user)
+    membership_changed.send(sender=object)  # no user: logged, ignored
