@@ -87,13 +87,9 @@ else:
 # --- Redis: REDIS_URL, one server, one logical database per use (CONTRACTS.md) -------
 REDIS_URL = os.environ.get("REDIS_URL", "").rstrip("/")
 if REDIS_URL:
-    CACHES = {
-        "default": {
-            "BACKEND": "django_redis.cache.RedisCache",
-            "LOCATION": f"{REDIS_URL}/0",
-            "OPTIONS": {"SOCKET_CONNECT_TIMEOUT": 1.0, "SOCKET_TIMEOUT": 1.0},
-        }
-    }
+    # mpai's layered cache: in-process memory, Redis /0, then the database table
+    # mpai_cache (created by mpai's migrations).
+    CACHES = {"default": {"BACKEND": "mpai.cache.LayeredCache", "LOCATION": f"{REDIS_URL}/0"}}
     CHANNEL_LAYERS = {
         "default": {
             "BACKEND": "channels_redis.core.RedisChannelLayer",
@@ -109,7 +105,8 @@ if REDIS_URL:
     CELERY_RESULT_BACKEND = f"{REDIS_URL}/3"
     CELERY_TASK_ALWAYS_EAGER = False
 else:
-    CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+    # The layered cache without a Redis layer: memory, then the database.
+    CACHES = {"default": {"BACKEND": "mpai.cache.LayeredCache", "LOCATION": ""}}
     CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
     CELERY_BROKER_URL = "memory://"
     CELERY_RESULT_BACKEND = "cache+memory://"
@@ -143,6 +140,9 @@ MPAI = {
     ),
     "MODEL": _model,
     "FAST_MODEL": os.environ.get("MPAI_PROVIDER_FAST_MODEL") or _model,
+    # The token bucket runs in Redis (one Lua script) when there is one; otherwise on
+    # the default cache, for this one process.
+    "RATE_LIMIT": {"REDIS_URL": f"{REDIS_URL}/0"} if REDIS_URL else {},
 }
 
 REST_FRAMEWORK = {

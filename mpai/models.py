@@ -93,3 +93,24 @@ class Message(models.Model):
 
     def __str__(self) -> str:
         return f"{self.role} message {self.pk}"
+
+
+class CacheEntry(models.Model):
+    """A row of the layered cache's database layer (L3).
+
+    The table is Django's ``DatabaseCache`` schema (what ``createcachetable`` makes),
+    created by mpai's migrations so every database, the test ones included, has it.
+    Used through ``django.core.cache.backends.db.DatabaseCache``, never through the ORM.
+    """
+
+    cache_key = models.CharField(max_length=255, primary_key=True)
+    value = models.TextField()
+    expires = models.DateTimeField(db_index=True)
+
+    class Meta:
+        db_table = "mpai_cache"
+        verbose_name = "cache entry"
+        verbose_name_plural = "cache entries"
+
+    def __str__(self) -> str:
+        return self.cache_key
