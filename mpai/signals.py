@@ -44,3 +44,9 @@ response_processed = Signal()
 # Extra kwargs: message (mpai.models.Message), status (str), error_code (str | None),
 # timings_ms (dict of float ms, the keys of chat.completed's timings_ms).
 request_complete = Signal()
+
+# Send it when a user's membership changes (a subscription starts, lapses, changes
+# plan) so mpai drops the user's cached context: the seed invalidated it on
+# MemberPress's ``mepr-event-transaction-completed``. Arguments: sender (the class or
+# module sending it) and user (a user instance, or its primary key).
+membership_changed = Signal()

@@ -5,7 +5,7 @@ transactions. Here the entry is the grouped-cache key ``str(user.pk)`` in group
 ``"user_context"`` (:data:`mpai.cache.grouped.USER_CONTEXT`), deleted when:
 
 - the user model sends ``post_save`` or ``post_delete``;
-- a site sends :data:`mpai.cache.signals.membership_changed` (``sender``, ``user``).
+- a site sends :data:`mpai.signals.membership_changed` (``sender``, ``user``).
 
 The entry is deleted at once and, when the change happens inside a transaction,
 again after it commits, so a request that read the old row before the commit cannot
@@ -24,7 +24,7 @@ from django.db import transaction
 from django.db.models.signals import post_delete, post_save
 
 from mpai.cache import grouped
-from mpai.cache.signals import membership_changed
+from mpai.signals import membership_changed
 
 logger = logging.getLogger("mpai.cache")
 

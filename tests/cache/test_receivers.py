@@ -9,7 +9,7 @@ import pytest
 import mpai.cache
 from mpai.cache import grouped
 from mpai.cache.receivers import connect_receivers
-from mpai.cache.signals import membership_changed
+from mpai.signals import membership_changed
 
 pytestmark = pytest.mark.django_db
 

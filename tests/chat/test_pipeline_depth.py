@@ -8,10 +8,10 @@ import pytest
 from django.contrib.auth.models import Group
 
 from mpai import signals
-from mpai.cache.signals import membership_changed
 from mpai.chat.pipeline import ChatPipeline
 from mpai.exceptions import MessageTooLong, RateLimited
 from mpai.models import Conversation, Message
+from mpai.signals import membership_changed
 
 pytestmark = pytest.mark.django_db
 
