@@ -65,18 +65,8 @@ def started_frame(turn: ChatTurn, client_id: object) -> dict[str, Any]:
 def final_frame(result: TurnResult) -> dict[str, Any]:
     """Return the ``chat.completed`` or ``chat.error`` frame that ends a turn."""
     if result.error is not None:
-        partial = result.message.pk if result.message.content else None
-        return error_frame(result.error, message_id=partial)
-    return {
-        "type": "chat.completed",
-        "message": result.message.pk,
-        "status": result.status,
-        "finish_reason": result.finish_reason,
-        "cached": result.cached,
-        "replayed": result.replayed,
-        "usage": result.usage.as_dict() if result.usage else None,
-        "timings_ms": result.timings_ms,
-    }
+        return error_frame(result.error, message_id=result.partial_message_id)
+    return {"type": "chat.completed", **result.summary()}
 
 
 def _run_in_thread(pipeline: ChatPipeline, turn: ChatTurn, on_delta: Any, on_complete: Any) -> None:

@@ -74,20 +74,13 @@ class ChatView(APIView):
             return error_response(exc)
         result: TurnResult = pipeline.run(turn, on_delta=lambda text: None)
         if result.error is not None:
-            partial = result.message.pk if result.message.content else None
-            return error_response(result.error, message_id=partial)
+            return error_response(result.error, message_id=result.partial_message_id)
         return Response(
             {
                 "conversation": turn.conversation.pk,
                 "user_message": turn.user_message.pk,
-                "message": result.message.pk,
                 "content": result.message.content,
-                "status": result.status,
-                "finish_reason": result.finish_reason,
-                "cached": result.cached,
-                "replayed": result.replayed,
-                "usage": result.usage.as_dict() if result.usage else None,
-                "timings_ms": result.timings_ms,
+                **result.summary(),
             },
             status=status.HTTP_200_OK if result.replayed else status.HTTP_201_CREATED,
         )

@@ -24,6 +24,7 @@ from typing import Any, Protocol
 
 from redis import Redis
 
+from mpai.benchmarks._stats import percentile
 from mpai.chat.ratelimit import RedisTokenBucket
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -33,12 +34,6 @@ WARMUP = 50
 
 class Writer(Protocol):
     def write(self, s: str, /) -> object: ...
-
-
-def _percentile(sorted_values: list[float], fraction: float) -> float:
-    """Nearest-rank percentile of an ascending list."""
-    rank = max(1, math.ceil(fraction * len(sorted_values)))
-    return sorted_values[rank - 1]
 
 
 def _time_us(call: Callable[[], object]) -> float:
@@ -102,7 +97,7 @@ def run(stdout: Writer, options: Mapping[str, Any]) -> None:
     stdout.write(f"{'operation':<20}{'median us':>12}{'p99 us':>12}{'x PING':>10}\n")
     for name, values in figures.items():
         median = statistics.median(values)
-        p99 = _percentile(values, 0.99)
+        p99 = percentile(values, 0.99)
         ratio = median / ping_median if ping_median else math.nan
         stdout.write(f"{name:<20}{median:>12.1f}{p99:>12.1f}{ratio:>10.2f}\n")
     stdout.write(

@@ -119,6 +119,23 @@ class TurnResult:
     timings_ms: dict[str, float]
     error: MpaiError | None = None
 
+    @property
+    def partial_message_id(self) -> int | None:
+        """The reply's id when an error left partial text saved, else None."""
+        return self.message.pk if self.error is not None and self.message.content else None
+
+    def summary(self) -> dict[str, Any]:
+        """Return the fields ``chat.completed`` reports (CONTRACTS.md), JSON-ready."""
+        return {
+            "message": self.message.pk,
+            "status": self.status,
+            "finish_reason": self.finish_reason,
+            "cached": self.cached,
+            "replayed": self.replayed,
+            "usage": self.usage.as_dict() if self.usage else None,
+            "timings_ms": self.timings_ms,
+        }
+
 
 def send_robust(signal: Signal, **kwargs: Any) -> None:
     """Send ``signal`` from the pipeline; a receiver's exception is logged, never raised."""
