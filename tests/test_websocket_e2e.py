@@ -116,6 +116,8 @@ def test_reply_streams_in_order_is_saved_and_listed_by_the_api(
         "role": "user",
         "content": "When does it renew?",
     }
+    # The context's user-info section reached the provider (the scope's lazy user).
+    assert f"username: {user.get_username()}" in fake_openai.requests[-1]["messages"][0]["content"]
 
     history = requests.get(
         f"{e2e_server.http_url}/api/mpai/v1/chat-history/",

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.contrib.auth import get_user_model
+
 from mpai import cache as mpai_cache
 from mpai.cache.grouped import USER_CONTEXT as GROUP
 
@@ -21,7 +23,8 @@ def get_user_context(user: Any) -> dict[str, Any]:
     key = str(user.pk)
     data = mpai_cache.get(key, group=GROUP)
     if data is None:
-        user = type(user)._default_manager.filter(pk=user.pk).first() or user
+        # get_user_model(): the user may be a lazy wrapper (Channels' UserLazyObject).
+        user = get_user_model()._default_manager.filter(pk=user.pk).first() or user
         data = {
             "username": user.get_username(),
             "name": user.get_full_name() if hasattr(user, "get_full_name") else "",
