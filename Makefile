@@ -35,6 +35,7 @@ lint: install
 	$(BIN)/python manage.py makemigrations --check --dry-run
 
 test: install services lint
+	.ci/browser
 	$(BIN)/pytest
 
 worker: install

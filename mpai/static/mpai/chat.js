@@ -9,10 +9,16 @@
   const sendButton = document.getElementById("mpai-send");
   const stopButton = document.getElementById("mpai-stop");
   const status = document.getElementById("mpai-status");
+  const RETRY_MIN_MS = 1000;
+  const RETRY_MAX_MS = 30000;
   let socket = null;
+  let connected = false; // the websocket is open
+  let busy = false; // a message was sent and its reply has not ended
+  let retryMs = RETRY_MIN_MS;
   let conversation = null;
   let current = null; // the <li> of the reply being streamed
   let pending = null; // the frame to resend after a reconnect
+  let notice = ""; // shown in the status line once connected
 
   function addItem(role, text) {
     const li = document.createElement("li");
@@ -23,9 +29,20 @@
     return li;
   }
 
-  function setBusy(busy) {
-    sendButton.disabled = busy;
-    stopButton.disabled = !busy;
+  function updateButtons() {
+    // Send only on an open socket and when no reply is streaming; Stop only while one is.
+    sendButton.disabled = busy || !connected;
+    stopButton.disabled = !busy || !connected;
+  }
+
+  function setBusy(value) {
+    busy = value;
+    updateButtons();
+  }
+
+  function newClientId() {
+    if (crypto.randomUUID) return crypto.randomUUID(); // secure contexts only
+    return Date.now().toString(36) + "-" + Math.random().toString(36).slice(2, 12);
   }
 
   async function loadHistory() {
@@ -33,7 +50,7 @@
       credentials: "same-origin",
       headers: { Accept: "application/json" },
     });
-    if (!response.ok) return;
+    if (!response.ok) throw new Error("history: HTTP " + response.status);
     const data = await response.json();
     const rows = data.results.slice().reverse();
     for (const row of rows) {
@@ -46,13 +63,20 @@
     const scheme = location.protocol === "https:" ? "wss://" : "ws://";
     socket = new WebSocket(scheme + location.host + root.dataset.wsPath);
     socket.addEventListener("open", () => {
-      status.textContent = "";
+      connected = true;
+      retryMs = RETRY_MIN_MS;
+      status.textContent = notice;
+      updateButtons();
       if (pending) socket.send(JSON.stringify(pending));
     });
     socket.addEventListener("message", (event) => onFrame(JSON.parse(event.data)));
     socket.addEventListener("close", () => {
+      connected = false;
+      updateButtons();
       status.textContent = "Reconnecting…";
-      setTimeout(connect, 1000);
+      // Back off while the server refuses us (e.g. signed out elsewhere) or is down.
+      setTimeout(connect, retryMs);
+      retryMs = Math.min(retryMs * 2, RETRY_MAX_MS);
     });
   }
 
@@ -66,7 +90,10 @@
         current.dataset.message = String(frame.message);
         break;
       case "chat.delta":
-        if (current) current.textContent += frame.text;
+        if (current) {
+          current.textContent += frame.text;
+          current.scrollIntoView({ block: "end" });
+        }
         break;
       case "chat.completed":
         status.textContent = frame.status === "cancelled" ? "Stopped." : "";
@@ -86,10 +113,12 @@
 
   form.addEventListener("submit", (event) => {
     event.preventDefault();
+    // Enter calls requestSubmit(), which a disabled Send button does not stop: a second
+    // message while one streams would get "busy" and lose the reply in progress.
+    if (busy || !connected) return;
     const content = input.value;
-    if (!content.trim() || !socket || socket.readyState !== WebSocket.OPEN) return;
-    const clientId = (crypto.randomUUID && crypto.randomUUID()) || String(Date.now());
-    pending = { type: "chat.message", conversation, content, client_id: clientId };
+    if (!content.trim()) return;
+    pending = { type: "chat.message", conversation, content, client_id: newClientId() };
     addItem("user", content);
     input.value = "";
     setBusy(true);
@@ -97,15 +126,21 @@
   });
 
   stopButton.addEventListener("click", () => {
-    if (socket && socket.readyState === WebSocket.OPEN) socket.send(JSON.stringify({ type: "chat.cancel" }));
+    if (busy && connected) socket.send(JSON.stringify({ type: "chat.cancel" }));
   });
 
   input.addEventListener("keydown", (event) => {
-    if (event.key === "Enter" && !event.shiftKey) {
+    if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
       event.preventDefault();
       form.requestSubmit();
     }
   });
 
-  loadHistory().finally(connect);
+  status.textContent = "Connecting…";
+  updateButtons();
+  loadHistory()
+    .catch(() => {
+      notice = "Could not load the earlier messages.";
+    })
+    .finally(connect);
 })();
