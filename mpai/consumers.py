@@ -93,6 +93,9 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         self.pipeline = self.pipeline_class()
         self.turn: ChatTurn | None = None
         self.task: asyncio.Task[None] | None = None
+        # True from a chat.message until its final frame is handed to send_json, so a
+        # client that sends again right after chat.completed is never told busy.
+        self.busy = False
         self.gone = threading.Event()
         await self.accept()
 
@@ -115,9 +118,10 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
     async def receive_json(self, content: dict[str, Any], **kwargs: Any) -> None:
         kind = content.get("type")
         if kind == "chat.message":
-            if self.task is not None and not self.task.done():
+            if self.busy:
                 await self.send_json(error_frame(Busy()))
                 return
+            self.busy = True
             self.task = asyncio.create_task(self.chat(content))
         elif kind == "chat.cancel":
             turn = self.turn
@@ -133,6 +137,19 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
 
     async def chat(self, content: dict[str, Any]) -> None:
         """Run one turn: ``chat.started``, ``chat.delta``…, then the final frame."""
+        try:
+            await self.stream_turn(content)
+        finally:
+            self.busy = False
+            self.turn = None
+
+    async def send_final(self, frame: dict[str, Any]) -> None:
+        """Send the frame that ends a turn; the connection is free before it leaves."""
+        self.busy = False
+        self.turn = None
+        await self.send_json(frame)
+
+    async def stream_turn(self, content: dict[str, Any]) -> None:
         client_id = content.get("client_id")
         try:
             turn = await database_sync_to_async(self.pipeline.start)(
@@ -144,11 +161,11 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
                 use_cache=content.get("cache", True),
             )
         except MpaiError as exc:
-            await self.send_json(error_frame(exc))
+            await self.send_final(error_frame(exc))
             return
         except Exception:
             logger.exception("mpai could not start a chat turn")
-            await self.send_json(error_frame(MpaiError()))
+            await self.send_final(error_frame(MpaiError()))
             return
         self.turn = turn
         await self.send_json(started_frame(turn, client_id))
@@ -184,11 +201,11 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             while (frame := await frames.get()) is not None:
                 if frame["type"] == "chat.delta":
                     credits.release()
-                await self.send_json(frame)
+                    await self.send_json(frame)
+                else:
+                    await self.send_final(frame)
         except Exception:
             # The client went away: the worker thread saves the reply without us.
             self.gone.set()
             while await frames.get() is not None:
                 pass
-        finally:
-            self.turn = None

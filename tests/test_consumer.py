@@ -65,6 +65,7 @@ async def test_anonymous_connection_is_refused(provider):
     communicator.scope["user"] = AnonymousUser()
     connected, _ = await communicator.connect()
     assert not connected
+    await communicator.wait()  # the consumer has ended; nothing is left running
 
 
 async def test_chat_streams_and_saves(provider, auser):
@@ -194,9 +195,19 @@ async def test_rate_limited_frame_carries_retry_after(provider, auser, settings)
     await ws.send_json_to({"type": "chat.message", "content": "first"})
     _, final = await collect(ws)
     assert final["type"] == "chat.completed"
+    # Sent the instant chat.completed arrives: the connection is free (never busy).
     await ws.send_json_to({"type": "chat.message", "content": "second"})
     frame = await ws.receive_json_from(timeout=5)
     assert frame["type"] == "chat.error"
     assert frame["code"] == "rate_limited"
     assert 0 < frame["retry_after"] <= 100
+    await ws.disconnect()
+
+
+async def test_a_message_sent_right_after_the_final_frame_is_never_busy(provider, auser):
+    ws = await open_socket(auser)
+    for i in range(20):
+        await ws.send_json_to({"type": "chat.message", "content": f"quick {i}"})
+        _, final = await collect(ws)
+        assert final["type"] == "chat.completed", final
     await ws.disconnect()

@@ -204,7 +204,10 @@ class LayerStack:
         """Store ``payload`` only if no layer holds a live value for ``key``.
 
         The decision is atomic in the fastest reachable shared layer (``SET NX`` on
-        Redis); with none reachable, in L1.
+        Redis); with none reachable, in L1. At the instant an entry expires the layer
+        may still hold it for a moment (its own clock and rounding): an entry whose
+        envelope has expired does not block ``add``; it is overwritten (as Django's
+        DatabaseCache overwrites an expired row).
         """
         if self.store.peek(key) is not None:
             return False
@@ -220,7 +223,9 @@ class LayerStack:
             if result is UNAVAILABLE:
                 continue
             if not result:
-                return False
+                if layer.get(key) is not None:  # a live value: another caller won
+                    return False
+                layer.set(key, envelope, left)
             for slower in self.layers[index + 1 :]:
                 slower.set(key, envelope, left)
             self.store.store(key, payload, wall_expires, self.l1_cap())
