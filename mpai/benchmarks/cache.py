@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import gc
 import json
-import math
 import os
 import select
 import statistics
@@ -39,6 +38,8 @@ from django.core.cache.backends.db import DatabaseCache
 from django.core.cache.backends.locmem import LocMemCache
 from django.core.management import call_command
 from django.db import DEFAULT_DB_ALIAS, connections
+
+from mpai.benchmarks._stats import percentile
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 DEFAULT_ITERATIONS = 2000
@@ -67,11 +68,6 @@ def default_redis_url() -> str:
     if "/" not in rest.rstrip("/"):
         url = f"{scheme}://{rest.rstrip('/')}/0"
     return url
-
-
-def _percentile(sorted_values: list[float], fraction: float) -> float:
-    rank = max(1, math.ceil(fraction * len(sorted_values)))
-    return sorted_values[rank - 1]
 
 
 def _timed(call: Callable[[int], object], argument: int) -> float:
@@ -158,7 +154,7 @@ class _Bench:
         result = {}
         for name, values in self.samples.items():
             ordered = sorted(values)
-            result[name] = (statistics.median(ordered), _percentile(ordered, 0.99))
+            result[name] = (statistics.median(ordered), percentile(ordered, 0.99))
         return result
 
 
@@ -376,7 +372,7 @@ def _report(
         ordered = sorted(coherence)
         stdout.write(
             f"coherence: another process's L1 drops a key set here after "
-            f"median {statistics.median(ordered):.0f} us, p99 {_percentile(ordered, 0.99):.0f} us, "
+            f"median {statistics.median(ordered):.0f} us, p99 {percentile(ordered, 0.99):.0f} us, "
             f"max {ordered[-1]:.0f} us ({len(ordered)} trials; includes ~100 us peer polling)\n"
         )
     else:
