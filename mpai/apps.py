@@ -7,8 +7,8 @@ class MpaiConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        # Connect receivers only; no database or network work here.
-        from mpai import signals
+        # Connect receivers and register checks only; no database or network work here.
+        from mpai import checks, signals  # noqa: F401  (checks registers on import)
         from mpai.cache.receivers import connect_receivers
         from mpai.chat.slowlog import log_stage_timings
 
