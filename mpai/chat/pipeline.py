@@ -197,9 +197,10 @@ class ChatPipeline:
             if earlier is not None:
                 return earlier
         enforce(user=user)
-        conversation = self._conversation(user, conversation_id, text)
         try:
+            # One transaction: a client_id race leaves no empty conversation behind.
             with transaction.atomic():
+                conversation = self._conversation(user, conversation_id, text)
                 user_message = Message.objects.create(
                     conversation=conversation,
                     owner=user,
@@ -233,10 +234,12 @@ class ChatPipeline:
     def _conversation(self, user: Any, conversation_id: object, text: str) -> Conversation:
         if conversation_id is None:
             return Conversation.objects.create(owner=user, title=default_title(text))
+        # Ids are the integers we sent (or their decimal strings); anything else is unknown.
+        if isinstance(conversation_id, bool) or not isinstance(conversation_id, int | str):
+            raise ConversationNotFound()
         try:
-            pk = int(conversation_id)  # type: ignore[call-overload]
-            return Conversation.objects.get(pk=pk, owner=user)
-        except (TypeError, ValueError, OverflowError, Conversation.DoesNotExist) as exc:
+            return Conversation.objects.get(pk=int(conversation_id), owner=user)
+        except (ValueError, OverflowError, Conversation.DoesNotExist) as exc:
             raise ConversationNotFound() from exc
 
     def _find_replay(self, user: Any, client_id: str, trace: Trace) -> ChatTurn | None:

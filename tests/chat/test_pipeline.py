@@ -168,7 +168,7 @@ def test_another_users_conversation_is_not_found(user, make_user):
     other_turn, _, _ = run_turn(pipeline(), make_user())
     with pytest.raises(ConversationNotFound):
         pipeline().start(user=user, content="hi", conversation_id=other_turn.conversation.pk)
-    for bad in ("abc", 10**30, {"id": 1}, 999999):
+    for bad in ("abc", 10**30, {"id": 1}, 999999, True, 1.0, [1]):
         with pytest.raises(ConversationNotFound):
             pipeline().start(user=user, content="hi", conversation_id=bad)
 
