@@ -15,6 +15,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 
 ChatMessage = dict[str, str]
 
@@ -34,6 +35,9 @@ class ConversationMemory:
     clock: Callable[[], float] = time.monotonic
     last_activity: float = 0.0
     trims: int = 0
+    # When the messages were last loaded or saved (wall clock, for comparing with the
+    # conversation's updated_at); set by the pipeline.
+    synced_at: datetime | None = None
 
     def __post_init__(self) -> None:
         self.last_activity = self.clock()

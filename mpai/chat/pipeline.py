@@ -306,29 +306,39 @@ class ChatPipeline:
         return result
 
     def memory(self, conversation: Conversation, *, before: int) -> ConversationMemory:
-        """Return the live memory of ``conversation``, loading it when absent or idle.
+        """Return the live memory of ``conversation`` with its current messages.
 
-        ``before`` is the current user message's id: a load from the database takes
-        only the messages saved before it.
-
-        Order: this pipeline's memory, unless idle past ``MEMORY_IDLE_SECONDS``; then the
-        cached conversation context (15 minutes); then the database.
+        The messages come from the cached conversation context (15 minutes, shared by
+        every connection and process, so two tabs on one conversation agree); without
+        one, from this connection's live memory unless the conversation moved on since
+        (another tab or device) or it sat idle past ``MEMORY_IDLE_SECONDS``, which also
+        drops the cached context; else from the database, taking only messages saved
+        before ``before`` (the current user message's id).
         """
+        key = str(conversation.pk)
         memory = self.memories.get(conversation.pk)
         if memory is not None and memory.idle_for() > mpai_settings.MEMORY_IDLE_SECONDS:
             del self.memories[conversation.pk]
-            mpai_cache.delete(str(conversation.pk), group=CONVERSATION_CONTEXT)
+            mpai_cache.delete(key, group=CONVERSATION_CONTEXT)
             memory = None
+        cached = mpai_cache.get(key, group=CONVERSATION_CONTEXT)
+        if cached is None and memory is not None and not self._moved_on(conversation, memory):
+            return memory
         if memory is None:
             memory = ConversationMemory(max_pairs=mpai_settings.MEMORY_MAX_PAIRS)
-            cached = mpai_cache.get(str(conversation.pk), group=CONVERSATION_CONTEXT)
-            memory.messages = (
-                cached
-                if cached is not None
-                else self.load_history(conversation, limit=memory.safe_size, before=before)
-            )
             self.memories[conversation.pk] = memory
+        memory.messages = (
+            list(cached)
+            if cached is not None
+            else self.load_history(conversation, limit=memory.safe_size, before=before)
+        )
+        memory.synced_at = timezone.now()
         return memory
+
+    @staticmethod
+    def _moved_on(conversation: Conversation, memory: ConversationMemory) -> bool:
+        """True when the conversation was updated after ``memory`` was last synced."""
+        return memory.synced_at is not None and conversation.updated_at > memory.synced_at
 
     @staticmethod
     def load_history(
@@ -353,6 +363,7 @@ class ChatPipeline:
         if reply:
             memory.append(Message.Role.ASSISTANT.value, reply)
         memory.end_turn()
+        memory.synced_at = timezone.now()
         mpai_cache.set(str(turn.conversation.pk), list(memory.messages), group=CONVERSATION_CONTEXT)
 
     def _generate(self, turn: ChatTurn, on_delta: DeltaCallback) -> TurnResult:

@@ -183,3 +183,33 @@ def test_live_memory_is_used_and_dropped_after_inactivity(
     settings.MPAI = {**settings.MPAI, "MEMORY_IDLE_SECONDS": 0}
     chat(http_pipeline, user, "third", conversation_id=conversation.pk)
     assert "side note" in [m["content"] for m in seen_contexts[-1]["messages"]]
+
+
+def test_two_connections_on_one_conversation_see_each_others_turns(
+    http_pipeline, user, seen_contexts
+):
+    tab_a, tab_b = http_pipeline, ChatPipeline()
+    turn, _, _ = chat(tab_a, user, "from tab A")
+    conversation_id = turn.conversation.pk
+    chat(tab_b, user, "from tab B", conversation_id=conversation_id)
+    chat(tab_a, user, "A again", conversation_id=conversation_id)
+    contents = [m["content"] for m in seen_contexts[-1]["messages"]]
+    assert "from tab A" in contents
+    assert "from tab B" in contents
+
+
+def test_a_connections_memory_is_reloaded_when_the_conversation_moved_on(
+    http_pipeline, user, seen_contexts
+):
+    from mpai import cache as mpai_cache
+    from mpai.chat.pipeline import CONVERSATION_CONTEXT
+
+    tab_a, tab_b = http_pipeline, ChatPipeline()
+    turn, _, _ = chat(tab_a, user, "from tab A")
+    conversation_id = turn.conversation.pk
+    chat(tab_b, user, "from tab B", conversation_id=conversation_id)
+    # The shared cached context expired (15 minutes): tab A's live memory is older
+    # than the conversation, so it is read again from the database.
+    mpai_cache.delete(str(conversation_id), group=CONVERSATION_CONTEXT)
+    chat(tab_a, user, "A again", conversation_id=conversation_id)
+    assert "from tab B" in [m["content"] for m in seen_contexts[-1]["messages"]]
