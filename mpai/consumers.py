@@ -17,7 +17,6 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.db import close_old_connections
 
@@ -69,17 +68,6 @@ def final_frame(result: TurnResult) -> dict[str, Any]:
     return {"type": "chat.completed", **result.summary()}
 
 
-def _run_in_thread(pipeline: ChatPipeline, turn: ChatTurn, on_delta: Any, on_complete: Any) -> None:
-    close_old_connections()
-    try:
-        pipeline.run(turn, on_delta=on_delta, on_complete=on_complete)
-    except Exception:
-        logger.exception("mpai chat turn failed")
-        on_complete(None)
-    finally:
-        close_old_connections()
-
-
 class ChatConsumer(AsyncJsonWebsocketConsumer):
     """Chat over a websocket for signed-in users."""
 
@@ -96,6 +84,7 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         # True from a chat.message until its final frame is handed to send_json, so a
         # client that sends again right after chat.completed is never told busy.
         self.busy = False
+        self.cancel_requested = threading.Event()
         self.gone = threading.Event()
         await self.accept()
 
@@ -124,6 +113,9 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             self.busy = True
             self.task = asyncio.create_task(self.chat(content))
         elif kind == "chat.cancel":
+            if not self.busy:
+                return  # nothing to stop
+            self.cancel_requested.set()
             turn = self.turn
             if turn is not None:
                 await asyncio.get_running_loop().run_in_executor(None, turn.cancel)
@@ -136,44 +128,17 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         await self.send_json(frame)
 
     async def chat(self, content: dict[str, Any]) -> None:
-        """Run one turn: ``chat.started``, ``chat.delta``…, then the final frame."""
-        try:
-            await self.stream_turn(content)
-        finally:
-            self.busy = False
-            self.turn = None
+        """Run one turn: ``chat.started``, ``chat.delta``…, then the final frame.
 
-    async def send_final(self, frame: dict[str, Any]) -> None:
-        """Send the frame that ends a turn; the connection is free before it leaves."""
-        self.busy = False
-        self.turn = None
-        await self.send_json(frame)
-
-    async def stream_turn(self, content: dict[str, Any]) -> None:
-        client_id = content.get("client_id")
-        try:
-            turn = await database_sync_to_async(self.pipeline.start)(
-                user=self.scope["user"],
-                content=content.get("content"),
-                conversation_id=content.get("conversation"),
-                client_id=client_id,
-                page=content.get("page"),
-                use_cache=content.get("cache", True),
-            )
-        except MpaiError as exc:
-            await self.send_final(error_frame(exc))
-            return
-        except Exception:
-            logger.exception("mpai could not start a chat turn")
-            await self.send_final(error_frame(MpaiError()))
-            return
-        self.turn = turn
-        await self.send_json(started_frame(turn, client_id))
-
+        The whole turn, ``start()`` included, runs in a stream-executor thread: Channels'
+        ``database_sync_to_async`` would queue every connection's ORM work on one shared
+        thread. Frames come back through a queue, in order.
+        """
         loop = asyncio.get_running_loop()
         frames: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
         credits = threading.BoundedSemaphore(mpai_settings.WEBSOCKET_SEND_QUEUE)
         gone = self.gone
+        self.cancel_requested = threading.Event()
 
         def push(frame: dict[str, Any] | None) -> None:
             try:
@@ -189,23 +154,61 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             if not gone.is_set():
                 push({"type": "chat.delta", "text": text})
 
-        def on_complete(result: TurnResult | None) -> None:
+        def on_complete(result: TurnResult) -> None:
             if not gone.is_set():
-                push(final_frame(result) if result else error_frame(MpaiError()))
-            push(None)  # always: ends this task, also after a disconnect
+                push(final_frame(result))
 
-        loop.run_in_executor(
-            stream_executor(), _run_in_thread, self.pipeline, turn, on_delta, on_complete
-        )
+        loop.run_in_executor(stream_executor(), self.run_turn, content, push, on_delta, on_complete)
         try:
             while (frame := await frames.get()) is not None:
-                if frame["type"] == "chat.delta":
-                    credits.release()
-                    await self.send_json(frame)
-                else:
+                if frame["type"] in ("chat.completed", "chat.error"):
                     await self.send_final(frame)
+                else:
+                    if frame["type"] == "chat.delta":
+                        credits.release()
+                    await self.send_json(frame)
         except Exception:
             # The client went away: the worker thread saves the reply without us.
             self.gone.set()
             while await frames.get() is not None:
                 pass
+        finally:
+            self.busy = False
+            self.turn = None
+
+    def run_turn(self, content: dict[str, Any], push: Any, on_delta: Any, on_complete: Any) -> None:
+        """Start and run one turn (in a worker thread); always ends with ``push(None)``."""
+        close_old_connections()
+        try:
+            client_id = content.get("client_id")
+            try:
+                turn = self.pipeline.start(
+                    user=self.scope["user"],
+                    content=content.get("content"),
+                    conversation_id=content.get("conversation"),
+                    client_id=client_id,
+                    page=content.get("page"),
+                    use_cache=content.get("cache", True),
+                )
+            except MpaiError as exc:
+                push(error_frame(exc))
+                return
+            # Publish the turn, then look for a cancel that came first (the event loop
+            # sets the flag, then reads self.turn: one of the two sides sees the other).
+            self.turn = turn
+            push(started_frame(turn, client_id))
+            if self.cancel_requested.is_set():
+                turn.cancel()
+            self.pipeline.run(turn, on_delta=on_delta, on_complete=on_complete)
+        except Exception:
+            logger.exception("mpai chat turn failed")
+            push(error_frame(MpaiError()))
+        finally:
+            close_old_connections()
+            push(None)
+
+    async def send_final(self, frame: dict[str, Any]) -> None:
+        """Send the frame that ends a turn; the connection is free before it leaves."""
+        self.busy = False
+        self.turn = None
+        await self.send_json(frame)

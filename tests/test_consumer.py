@@ -211,3 +211,27 @@ async def test_a_message_sent_right_after_the_final_frame_is_never_busy(provider
         _, final = await collect(ws)
         assert final["type"] == "chat.completed", final
     await ws.disconnect()
+
+
+async def test_cancel_sent_before_chat_started_still_stops_the_reply(provider, auser):
+    provider(first_token_ms=300, tokens_per_second=20)
+    ws = await open_socket(auser)
+    await ws.send_json_to({"type": "chat.message", "content": "stop me at once"})
+    await ws.send_json_to({"type": "chat.cancel"})
+    frames, final = await collect(ws)
+    assert frames[0]["type"] == "chat.started"
+    assert final["type"] == "chat.completed"
+    assert final["status"] == "cancelled"
+    saved = await database_sync_to_async(Message.objects.get)(pk=frames[0]["message"])
+    assert saved.status == "cancelled"
+    assert saved.content == "".join(f["text"] for f in frames if f["type"] == "chat.delta")
+    await ws.disconnect()
+
+
+async def test_cancel_with_nothing_streaming_is_ignored(provider, auser):
+    ws = await open_socket(auser)
+    await ws.send_json_to({"type": "chat.cancel"})
+    await ws.send_json_to({"type": "chat.message", "content": "hi"})
+    _, final = await collect(ws)
+    assert final["status"] == "complete"
+    await ws.disconnect()
