@@ -9,7 +9,7 @@ from mpai.chat.titles import generate_titles
 from mpai.conf import mpai_settings
 
 
-@shared_task(name="mpai.cleanup_chat_history", ignore_result=True)
+@shared_task(name="mpai.cleanup_chat_history")
 def cleanup_chat_history() -> dict[str, int]:
     """Apply the chat-history retention; returns the counts of rows touched."""
     result = delete_expired_history()
@@ -20,7 +20,7 @@ def cleanup_chat_history() -> dict[str, int]:
     }
 
 
-@shared_task(name="mpai.generate_conversation_titles", ignore_result=True)
+@shared_task(name="mpai.generate_conversation_titles")
 def generate_conversation_titles() -> int:
     """Title up to ``MPAI["TITLE_BATCH_SIZE"]`` conversations still named after their first
     message (:func:`mpai.chat.titles.generate_titles`); returns how many were renamed."""
