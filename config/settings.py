@@ -75,7 +75,13 @@ if DATABASE_URL:
     DATABASES = {"default": dj_database_url.parse(DATABASE_URL)}
     if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
         # psycopg 3's pool: no new connection per request (ARCHITECTURE.md, measured costs).
-        DATABASES["default"].setdefault("OPTIONS", {})["pool"] = True
+        # Sized for the stream threads: a turn holds a connection only while it reads
+        # and saves, not while the provider streams.
+        DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
+            "min_size": 2,
+            "max_size": int(os.environ.get("MPAI_DB_POOL_MAX", "20")),
+            "timeout": 10,
+        }
 else:
     DATABASES = {
         "default": {

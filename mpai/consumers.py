@@ -72,6 +72,10 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
     """Chat over a websocket for signed-in users."""
 
     pipeline_class = ChatPipeline
+    # No channel layer: the consumer sends to its own socket only, and a layer would give
+    # every connection a Redis BZPOPMIN of its own (channels_redis #422 at idle) whose
+    # cancelled receive was seen to stall uvicorn's graceful shutdown.
+    channel_layer_alias = None
 
     async def connect(self) -> None:
         user = self.scope.get("user")

@@ -203,3 +203,17 @@ def test_same_client_id_from_another_user_is_a_new_exchange(user, make_user):
     other, _, _ = run_turn(pipe, make_user(), client_id="abc")
     assert not other.replayed
     assert Message.objects.count() == 4
+
+
+@pytest.mark.django_db(transaction=True)
+def test_no_database_connection_is_held_while_the_provider_streams(user):
+    """A stream lasts seconds: holding a pooled connection meanwhile starves the pool."""
+    from django.db import connection
+
+    pipe = pipeline()
+    turn = pipe.start(user=user, content="hello", use_cache=False)
+    held: list[bool] = []
+    result = pipe.run(turn, on_delta=lambda text: held.append(connection.connection is not None))
+    assert held
+    assert not any(held)
+    assert Message.objects.get(pk=result.message.pk).content == REPLY
