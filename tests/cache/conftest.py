@@ -8,7 +8,6 @@ each other's entries in Redis or in the shared cache table.
 from __future__ import annotations
 
 import itertools
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -29,18 +28,6 @@ _REDIS_DBS = itertools.cycle(range(8, 32))
 def custom_key_func(key: str, key_prefix: str, version: int) -> str:
     """A customized cache key function (Django's cache tests use the same)."""
     return "CUSTOM-" + "-".join([key_prefix, str(version), key])
-
-
-def wait_until(condition: Callable[[], Any], timeout: float = 10.0, interval: float = 0.01) -> Any:
-    """Poll ``condition`` until it returns a truthy value; fail after ``timeout`` s."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = condition()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout} s: {condition}")
-        time.sleep(interval)
 
 
 @pytest.fixture(scope="session")

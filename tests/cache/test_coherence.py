@@ -14,8 +14,9 @@ import pytest
 from django.db import connection
 
 from mpai.cache import LayeredCache
-from tests.cache.conftest import layered_params, wait_until
+from tests.cache.conftest import layered_params
 from tests.cache.worker import Peer
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

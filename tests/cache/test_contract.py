@@ -22,7 +22,7 @@ from django.middleware.cache import FetchFromCacheMiddleware, UpdateCacheMiddlew
 from django.test import RequestFactory
 
 from mpai.cache import LayeredCache
-from tests.cache.conftest import wait_until
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.django_db
 

@@ -13,6 +13,7 @@ import pytest
 
 from mpai.cache import LayeredCache
 from mpai.cache.memory import ENTRY_OVERHEAD, MemoryStore
+from tests.waiting import wait_until
 
 MEMORY_ONLY = {"LAYERS": [{"NAME": "memory", "BACKEND": "mpai.cache.memory.MemoryStore"}]}
 
@@ -56,19 +57,13 @@ def test_expiry_follows_the_wall_clock_expiry_and_the_cap() -> None:
     store.store("past", payload(1), time.time() - 1)
     assert store.get("past") is None
     store.store("capped", payload(1), time.time() + 3600, cap=0.05)
-    deadline = time.monotonic() + 5
-    while store.get("capped") is not None:
-        assert time.monotonic() < deadline
-        time.sleep(0.01)
+    wait_until(lambda: store.get("capped") is None, timeout=5)
 
 
 def test_stale_entries_are_served_only_by_get_stale_and_never_after_invalidation() -> None:
     store = MemoryStore(stale_seconds=60)
     store.store("k", payload("old"), time.time() + 0.05)
-    deadline = time.monotonic() + 5
-    while store.get("k") is not None:
-        assert time.monotonic() < deadline
-        time.sleep(0.01)
+    wait_until(lambda: store.get("k") is None, timeout=5)
     assert store.peek("k") is None
     assert store.get_stale("k") == payload("old")
     store.invalidate(["k"])

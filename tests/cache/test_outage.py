@@ -21,7 +21,7 @@ from django.db import OperationalError
 
 from mpai.cache import LayeredCache
 from mpai.cache.layers import SharedLayer
-from tests.cache.conftest import wait_until
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.django_db
 

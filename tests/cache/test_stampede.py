@@ -13,8 +13,9 @@ from asgiref.sync import async_to_sync
 from django.db import connection, connections
 
 from mpai.cache.stampede import LOCK_SUFFIX
-from tests.cache.conftest import layered_params, wait_until
+from tests.cache.conftest import layered_params
 from tests.cache.worker import Peer
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -14,7 +14,6 @@ import os
 import subprocess
 import sys
 import threading
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -42,21 +41,13 @@ from mpai.chat.ratelimit import (
     rate_limit_settings,
 )
 from mpai.exceptions import RateLimited
+from tests.waiting import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 SLOW = 0.001  # tokens/s: no visible refill during a test (one token per 1000 s)
 
 
-def wait_for(predicate: Callable[[], Any], *, timeout: float = 10.0, what: str = "") -> Any:
-    """Poll ``predicate`` until it returns something truthy, failing after ``timeout`` s."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = predicate()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what or predicate}")
-        time.sleep(0.005)
+wait_for = wait_until
 
 
 @pytest.fixture

@@ -30,6 +30,7 @@ from mpai.providers.base import ChatRequest, StreamChunk, Usage
 from mpai.providers.openai import OpenAIProvider, OpenAIStream
 from mpai.providers.sse import SSEEvent, SSEParser
 from tests.redis_server import free_port
+from tests.waiting import wait_until
 
 if TYPE_CHECKING:
     from tests.fake_openai import FakeOpenAI
@@ -284,10 +285,7 @@ def test_close_from_another_thread_stops_an_iteration_blocked_on_a_read(
     reader = threading.Thread(target=consume, daemon=True)
     reader.start()
     assert first.wait(10)
-    deadline = time.monotonic() + 10
-    while not stream._reading and time.monotonic() < deadline:  # blocked in a socket read
-        time.sleep(0.005)
-    assert stream._reading
+    wait_until(lambda: stream._reading, timeout=10, what="a read blocked on the socket")
     stream.close()
     reader.join(10)
     assert not reader.is_alive()
