@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import requests
+from django.db import connection
 
 from tests.redis_server import free_port
 
@@ -76,3 +77,20 @@ class AsgiServer:
                 self.process.kill()
             self.process = None
             self._log.close()
+
+
+def server_env(redis_url: str, provider_url: str) -> dict[str, str]:
+    """The demo project's environment for a server on the test database and Redis."""
+    db = connection.settings_dict
+    return {
+        "DATABASE_URL": (
+            f"postgres://{db['USER']}:{db['PASSWORD'] or 'postgres'}@"
+            f"{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}"
+        ),
+        "REDIS_URL": redis_url,
+        "MPAI_PROVIDER_BASE_URL": provider_url,
+        "MPAI_PROVIDER_API_KEY": "test-key",
+        "MPAI_PROVIDER_MODEL": "fake-model",
+        "DJANGO_SECRET_KEY": "tests-only-not-secret",
+        "DJANGO_DEBUG": "0",
+    }

@@ -11,6 +11,7 @@ from django.contrib.auth import get_user_model
 from django.test.utils import override_settings
 
 from config.celery import app as celery_app  # noqa: F401  (the app reads tests.settings)
+from tests.asgi_server import AsgiServer, server_env
 from tests.redis_server import RedisServer
 
 pytest_plugins = ["tests.fake_openai"]
@@ -59,3 +60,13 @@ def make_user(db: Any) -> Callable[..., Any]:
 @pytest.fixture
 def user(make_user: Callable[..., Any]) -> Any:
     return make_user()
+
+
+@pytest.fixture(scope="session")
+def e2e_server(django_db_setup, redis_server, fake_openai_url) -> Iterator[AsgiServer]:
+    """The demo project in uvicorn on the test database, the private Redis and the fake
+    OpenAI server (tests using it need ``django_db(transaction=True)``)."""
+    server = AsgiServer(server_env(redis_server.url, fake_openai_url))
+    server.start()
+    yield server
+    server.stop()

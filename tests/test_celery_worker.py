@@ -12,8 +12,7 @@ from celery import Celery
 from django.utils import timezone
 
 from mpai.models import Conversation, Message
-from tests.asgi_server import ROOT
-from tests.test_websocket_e2e import server_env
+from tests.asgi_server import ROOT, server_env
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

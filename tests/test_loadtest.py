@@ -6,7 +6,6 @@ from __future__ import annotations
 import io
 import json
 import re
-from collections.abc import Iterator
 
 import pytest
 from django.contrib.sessions.models import Session
@@ -14,30 +13,22 @@ from django.core.management import CommandError, call_command
 
 from mpai import loadtest
 from mpai.models import Message
-from tests.asgi_server import AsgiServer
-from tests.test_websocket_e2e import server_env
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 PARTS = ["Load ", "tests ", "measure ", "the ", "server."]
 
 
-@pytest.fixture(scope="module")
-def server(django_db_setup, redis_server, fake_openai_url) -> Iterator[AsgiServer]:
-    server = AsgiServer(server_env(redis_server.url, fake_openai_url))
-    server.start()
-    yield server
-    server.stop()
-
-
 # The private Redis (and its response cache) lives for the whole session and the
 # load-test users' names repeat, so the tests send "cache": false (--no-cache).
 
 
-def test_all_turns_succeed_and_the_report_has_percentiles(server, fake_openai):
+def test_all_turns_succeed_and_the_report_has_percentiles(e2e_server, fake_openai):
     fake_openai.stream_reply(PARTS)
     buf = io.StringIO()
-    call_command("mpai_loadtest", url=server.ws_url, users=3, messages=2, no_cache=True, stdout=buf)
+    call_command(
+        "mpai_loadtest", url=e2e_server.ws_url, users=3, messages=2, no_cache=True, stdout=buf
+    )
     out = buf.getvalue()
     assert "turns: 6 ok, 0 failed (of 6)" in out, out
     assert "errors: none" in out
@@ -62,10 +53,12 @@ def test_all_turns_succeed_and_the_report_has_percentiles(server, fake_openai):
     assert not Session.objects.exists()  # the load test's sessions were deleted
 
 
-def test_provider_failures_are_reported_by_code_and_fail_on_error_raises(server, fake_openai):
+def test_provider_failures_are_reported_by_code_and_fail_on_error_raises(e2e_server, fake_openai):
     fake_openai.respond_error(401, "bad key", times=100)
     buf = io.StringIO()
-    call_command("mpai_loadtest", url=server.ws_url, users=3, messages=2, no_cache=True, stdout=buf)
+    call_command(
+        "mpai_loadtest", url=e2e_server.ws_url, users=3, messages=2, no_cache=True, stdout=buf
+    )
     out = buf.getvalue()
     assert "turns: 0 ok, 6 failed (of 6)" in out, out
     assert "errors: provider_auth 6" in out
@@ -74,7 +67,7 @@ def test_provider_failures_are_reported_by_code_and_fail_on_error_raises(server,
     with pytest.raises(CommandError, match="6 of 6 turns failed"):
         call_command(
             "mpai_loadtest",
-            url=server.ws_url,
+            url=e2e_server.ws_url,
             users=3,
             messages=2,
             no_cache=True,
@@ -83,11 +76,11 @@ def test_provider_failures_are_reported_by_code_and_fail_on_error_raises(server,
         )
 
 
-def test_a_refused_handshake_is_a_client_failure(server):
+def test_a_refused_handshake_is_a_client_failure(e2e_server):
     buf = io.StringIO()
     call_command(
         "mpai_loadtest",
-        url=server.ws_url,
+        url=e2e_server.ws_url,
         users=2,
         messages=1,
         origin="http://evil.example",

@@ -7,45 +7,18 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import requests
-from django.db import connection
 from django.test import Client
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import ClientConnection, connect
 
 from mpai.models import Message
-from tests.asgi_server import AsgiServer
+from tests.asgi_server import AsgiServer, server_env
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-
-def server_env(redis_url: str, provider_url: str) -> dict[str, str]:
-    """The demo project's environment for a server on the test database and Redis."""
-    db = connection.settings_dict
-    return {
-        "DATABASE_URL": (
-            f"postgres://{db['USER']}:{db['PASSWORD'] or 'postgres'}@"
-            f"{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}"
-        ),
-        "REDIS_URL": redis_url,
-        "MPAI_PROVIDER_BASE_URL": provider_url,
-        "MPAI_PROVIDER_API_KEY": "test-key",
-        "MPAI_PROVIDER_MODEL": "fake-model",
-        "DJANGO_SECRET_KEY": "tests-only-not-secret",
-        "DJANGO_DEBUG": "0",
-    }
-
-
-@pytest.fixture(scope="session")
-def e2e_server(django_db_setup, redis_server, fake_openai_url) -> Iterator[AsgiServer]:
-    server = AsgiServer(server_env(redis_server.url, fake_openai_url))
-    server.start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture

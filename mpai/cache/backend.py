@@ -120,6 +120,13 @@ class LayeredCache(BaseCache):
 
     def get_many(self, keys: Iterable[Any], version: int | None = None) -> dict[Any, Any]:
         """Return ``{key: value}`` for the keys found (one call per layer)."""
+        full_keys, found = self._get_many_memory(keys, version)
+        return self._get_many_shared(full_keys, found)
+
+    def _get_many_memory(
+        self, keys: Iterable[Any], version: int | None
+    ) -> tuple[dict[str, Any], dict[Any, Any]]:
+        """Return ``({full key: key}, {key: value found in L1})``."""
         full_keys = {self.make_and_validate_key(key, version=version): key for key in keys}
         store = self._stack.store
         found: dict[Any, Any] = {}
@@ -127,7 +134,7 @@ class LayeredCache(BaseCache):
             payload = store.get(full)
             if payload is not None:
                 found[original] = _loads(payload)
-        return self._get_many_shared(full_keys, found)
+        return full_keys, found
 
     def has_key(self, key: Any, version: int | None = None) -> bool:
         """Return True if ``key`` holds a live value (None counts as a value)."""
@@ -287,13 +294,7 @@ class LayeredCache(BaseCache):
         return await self._run(self._get_shared, key, default)
 
     async def aget_many(self, keys: Iterable[Any], version: int | None = None) -> dict[Any, Any]:
-        full_keys = {self.make_and_validate_key(key, version=version): key for key in keys}
-        store = self._stack.store
-        found: dict[Any, Any] = {}
-        for full, original in full_keys.items():
-            payload = store.get(full)
-            if payload is not None:
-                found[original] = _loads(payload)
+        full_keys, found = self._get_many_memory(keys, version)
         if len(found) == len(full_keys):
             return {original: found[original] for original in full_keys.values()}
         return await self._run(self._get_many_shared, full_keys, found)

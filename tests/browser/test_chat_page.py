@@ -23,8 +23,7 @@ from django.contrib.auth.hashers import PBKDF2PasswordHasher, make_password
 from playwright.sync_api import Browser, Page, Route, WebSocket, expect, sync_playwright
 
 from mpai.models import Message
-from tests.asgi_server import AsgiServer
-from tests.test_websocket_e2e import server_env
+from tests.asgi_server import AsgiServer, server_env
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -48,7 +47,7 @@ expect.set_options(timeout=DEADLINE_MS)
 
 @pytest.fixture(scope="module")
 def chat_server(django_db_setup, redis_server, fake_openai_url) -> Iterator[AsgiServer]:
-    """The demo project in uvicorn. DEBUG on, as ``make run``: it serves chat.js and chat.css."""
+    """The demo project in uvicorn (it serves chat.js and chat.css also with DEBUG off)."""
     env = {
         **server_env(redis_server.url, fake_openai_url),
         "DJANGO_DEBUG": "0",
