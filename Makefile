@@ -5,6 +5,9 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 HOST   ?= 127.0.0.1
 PORT   ?= 8000
+# Run-time files of the demo (git-ignored); config/settings.py reads the same variable.
+MPAI_DATA_DIR ?= .data
+SECRET_KEY_FILE := $(MPAI_DATA_DIR)/secret_key
 
 .PHONY: install run test lint services worker beat clean
 
@@ -16,7 +19,13 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-run: install
+# With DEBUG off (unless DJANGO_DEBUG=1) the demo refuses its development secret key:
+# make a real one, once, for run, lint (manage.py), worker and beat.
+$(SECRET_KEY_FILE):
+	mkdir -p $(MPAI_DATA_DIR)
+	umask 077 && $(PYTHON) -c "import secrets; print(secrets.token_urlsafe(50))" > $@.tmp && mv $@.tmp $@
+
+run: install $(SECRET_KEY_FILE)
 	$(BIN)/python manage.py migrate --noinput
 	@if ! $(BIN)/python manage.py shell -c "from django.contrib.auth import get_user_model as m; raise SystemExit(0 if m().objects.exists() else 1)"; then \
 		pw=$$($(BIN)/python -c "import secrets; print(secrets.token_urlsafe(12))"); \
@@ -28,7 +37,7 @@ run: install
 services:
 	.ci/services
 
-lint: install
+lint: install $(SECRET_KEY_FILE)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy mpai
@@ -38,10 +47,10 @@ test: install services lint
 	.ci/browser
 	$(BIN)/pytest
 
-worker: install
+worker: install $(SECRET_KEY_FILE)
 	$(BIN)/celery -A config worker -l info
 
-beat: install
+beat: install $(SECRET_KEY_FILE)
 	$(BIN)/celery -A config beat -l info
 
 clean:

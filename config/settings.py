@@ -3,6 +3,9 @@
 Unset variables mean the embedded default (CONTRACTS.md): SQLite, local-memory
 cache, in-memory channel layer, eager Celery and the offline provider, so that
 ``make run`` works with no server process. See README, "Configuration".
+
+DEBUG is off unless ``DJANGO_DEBUG=1``, and with DEBUG off the demo refuses to start
+on its development secret key (README, "Security defaults of the demo").
 """
 
 from __future__ import annotations
@@ -11,8 +14,13 @@ import os
 from pathlib import Path
 
 import dj_database_url
+from csp.constants import NONE, SELF
+from django.core.exceptions import ImproperlyConfigured
 
 BASE_DIR = Path(__file__).resolve().parent.parent
+# Files the demo writes at run time (the secret key `make run` generates, Celery beat's
+# schedule): git-ignored, outside the source tree.
+DATA_DIR = Path(os.environ.get("MPAI_DATA_DIR") or BASE_DIR / ".data")
 
 
 def env_bool(name: str, default: bool) -> bool:
@@ -20,8 +28,28 @@ def env_bool(name: str, default: bool) -> bool:
     return default if value is None else value.strip().lower() in {"1", "true", "yes", "on"}
 
 
-SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY", "dev-only-insecure-key-change-me")
-DEBUG = env_bool("DJANGO_DEBUG", True)
+DEV_SECRET_KEY = "dev-only-insecure-key-change-me"
+
+
+def secret_key() -> str:
+    """``DJANGO_SECRET_KEY``, else the key `make run` wrote to ``DATA_DIR/secret_key``."""
+    key = os.environ.get("DJANGO_SECRET_KEY", "").strip()
+    if key:
+        return key
+    try:
+        return (DATA_DIR / "secret_key").read_text().strip() or DEV_SECRET_KEY
+    except FileNotFoundError:
+        return DEV_SECRET_KEY
+
+
+DEBUG = env_bool("DJANGO_DEBUG", False)
+SECRET_KEY = secret_key()
+if SECRET_KEY == DEV_SECRET_KEY and not DEBUG:
+    raise ImproperlyConfigured(
+        "The demo's development SECRET_KEY is refused with DEBUG off: set DJANGO_SECRET_KEY "
+        f"(or write one to {DATA_DIR / 'secret_key'}, as `make run` does), or set "
+        "DJANGO_DEBUG=1 on a development machine."
+    )
 ALLOWED_HOSTS = os.environ.get("DJANGO_ALLOWED_HOSTS", "127.0.0.1,localhost").split(",")
 CSRF_TRUSTED_ORIGINS = [
     origin for origin in os.environ.get("DJANGO_CSRF_TRUSTED_ORIGINS", "").split(",") if origin
@@ -37,11 +65,13 @@ INSTALLED_APPS = [
     "channels",
     "rest_framework",
     "rest_framework.authtoken",
+    "csp",
     "mpai",
 ]
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "csp.middleware.CSPMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -49,6 +79,37 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
 ]
+
+# --- security headers and cookies (README, "Security defaults of the demo") ---------------
+# The pages load their scripts and styles from /static/ only (no inline code) and talk to
+# the same host: fetch /api/mpai/... and the websocket (CSP Level 3: 'self' also allows
+# ws:/wss: to the page's own host).
+CONTENT_SECURITY_POLICY = {
+    "DIRECTIVES": {
+        "default-src": [SELF],
+        "script-src": [SELF],
+        "style-src": [SELF],
+        "img-src": [SELF, "data:"],
+        "font-src": [SELF],
+        "connect-src": [SELF],
+        "object-src": [NONE],
+        "base-uri": [NONE],
+        "form-action": [SELF],
+        "frame-ancestors": [NONE],
+    }
+}
+X_FRAME_OPTIONS = "DENY"
+SECURE_CONTENT_TYPE_NOSNIFF = True
+SECURE_REFERRER_POLICY = "same-origin"
+SESSION_COOKIE_HTTPONLY = True
+# Served over HTTPS (DJANGO_HTTPS=1): cookies only over TLS, and HSTS.
+_https = env_bool("DJANGO_HTTPS", False)
+SESSION_COOKIE_SECURE = _https
+CSRF_COOKIE_SECURE = _https
+SECURE_HSTS_SECONDS = int(os.environ.get("DJANGO_HSTS_SECONDS", "31536000")) if _https else 0
+if env_bool("DJANGO_TRUST_X_FORWARDED_PROTO", False):
+    # Only behind a proxy that sets X-Forwarded-Proto itself (and strips the client's).
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 
 ROOT_URLCONF = "config.urls"
 ASGI_APPLICATION = "config.asgi.application"
@@ -82,6 +143,10 @@ if DATABASE_URL:
             "max_size": int(os.environ.get("MPAI_DB_POOL_MAX", "20")),
             "timeout": 10,
         }
+        # Test each pooled connection before handing it out (Django passes psycopg's
+        # ConnectionPool.check_connection): after a database restart or
+        # pg_terminate_backend, idle connections are dead, and each would fail a request.
+        DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
 else:
     DATABASES = {
         "default": {
@@ -100,10 +165,19 @@ else:
 
 # --- Redis: REDIS_URL, one server, one logical database per use (CONTRACTS.md) -------
 REDIS_URL = os.environ.get("REDIS_URL", "").rstrip("/")
+# Two sites on one Redis database must not read each other's keys (ids start at 1 in
+# every database): each keeps its own prefix.
+CACHE_KEY_PREFIX = os.environ.get("MPAI_CACHE_KEY_PREFIX", "mpai-demo")
 if REDIS_URL:
     # mpai's layered cache: in-process memory, Redis /0, then the database table
     # mpai_cache (created by mpai's migrations).
-    CACHES = {"default": {"BACKEND": "mpai.cache.LayeredCache", "LOCATION": f"{REDIS_URL}/0"}}
+    CACHES = {
+        "default": {
+            "BACKEND": "mpai.cache.LayeredCache",
+            "LOCATION": f"{REDIS_URL}/0",
+            "KEY_PREFIX": CACHE_KEY_PREFIX,
+        }
+    }
     CHANNEL_LAYERS = {
         "default": {
             "BACKEND": "channels_redis.core.RedisChannelLayer",
@@ -120,7 +194,13 @@ if REDIS_URL:
     CELERY_TASK_ALWAYS_EAGER = False
 else:
     # The layered cache without a Redis layer: memory, then the database.
-    CACHES = {"default": {"BACKEND": "mpai.cache.LayeredCache", "LOCATION": ""}}
+    CACHES = {
+        "default": {
+            "BACKEND": "mpai.cache.LayeredCache",
+            "LOCATION": "",
+            "KEY_PREFIX": CACHE_KEY_PREFIX,
+        }
+    }
     CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
     CELERY_BROKER_URL = "memory://"
     CELERY_RESULT_BACKEND = "cache+memory://"
@@ -135,6 +215,9 @@ CELERY_BEAT_SCHEDULE = {
         "schedule": 3600.0,
     },
 }
+# Beat's schedule file stays out of the working tree (its folder is made by the scheduler).
+CELERY_BEAT_SCHEDULE_FILENAME = str(DATA_DIR / "celerybeat-schedule")
+CELERY_BEAT_SCHEDULER = "config.celery:DemoBeatScheduler"
 CELERY_BROKER_TRANSPORT_OPTIONS = {"socket_timeout": 30, "socket_connect_timeout": 5}
 
 # --- mpai ----------------------------------------------------------------------------

@@ -1,6 +1,29 @@
+"""Admin pages for conversations and messages: view and delete, never edit or add.
+
+Chat history is a record of what was said: a message or conversation changed or added
+by hand would be presented as if the user or the model had said it (and fed back to
+the model as context). So the admin shows both read-only; staff with the delete
+permission can still delete them (README, "Security defaults of the demo").
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
 from django.contrib import admin
+from django.http import HttpRequest
 
 from .models import Conversation, Message
+
+
+class ReadOnlyHistoryAdmin(admin.ModelAdmin):
+    """View and delete only: no add form, and the change form is a read-only view."""
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
 
 
 class MessageInline(admin.TabularInline):
@@ -10,9 +33,15 @@ class MessageInline(admin.TabularInline):
     readonly_fields = fields
     show_change_link = True
 
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
 
 @admin.register(Conversation)
-class ConversationAdmin(admin.ModelAdmin):
+class ConversationAdmin(ReadOnlyHistoryAdmin):
     list_display = ("id", "title", "owner", "created_at", "updated_at")
     list_select_related = ("owner",)
     search_fields = ("title", "owner__username", "owner__email")
@@ -23,7 +52,7 @@ class ConversationAdmin(admin.ModelAdmin):
 
 
 @admin.register(Message)
-class MessageAdmin(admin.ModelAdmin):
+class MessageAdmin(ReadOnlyHistoryAdmin):
     list_display = ("id", "conversation", "owner", "role", "status", "model", "created_at")
     list_select_related = ("owner", "conversation")
     search_fields = ("content", "owner__username", "client_id")

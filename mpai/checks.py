@@ -3,6 +3,8 @@
 - ``mpai.E001``: ``MPAI["PROVIDER"]`` cannot be built (bad import string or options).
 - ``mpai.E002``: the context budget ``MAX_INPUT_TOKENS − REPLY_RESERVE_TOKENS`` is not positive.
 - ``mpai.E003``: an app mpai needs is missing from ``INSTALLED_APPS``.
+- ``mpai.W002``: mpai's cache alias (``MPAI["CACHE_ALIAS"]``) uses Redis without a
+  ``KEY_PREFIX`` (README, "The layered cache": sites sharing one Redis).
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.apps import apps
+from django.conf import settings
 from django.core import checks
 from django.core.exceptions import ImproperlyConfigured
 
@@ -59,4 +62,49 @@ def check_installed_apps(app_configs: Any = None, **kwargs: Any) -> list[checks.
         )
         for name in REQUIRED_APPS
         if not apps.is_installed(name)
+    ]
+
+
+#: Cache backends that talk to Redis, by import string.
+REDIS_CACHE_BACKENDS = frozenset(
+    {"django_redis.cache.RedisCache", "django.core.cache.backends.redis.RedisCache"}
+)
+LAYERED_CACHE_BACKENDS = frozenset({"mpai.cache.LayeredCache", "mpai.cache.backend.LayeredCache"})
+
+
+def _uses_redis(params: dict[str, Any]) -> bool:
+    """Whether a ``CACHES`` entry keeps its keys in Redis (no I/O)."""
+    backend = params.get("BACKEND")
+    if backend in REDIS_CACHE_BACKENDS:
+        return True
+    if backend not in LAYERED_CACHE_BACKENDS:
+        return False
+    from mpai.cache.config import parse_options
+
+    try:
+        stack = parse_options(params.get("LOCATION", ""), dict(params.get("OPTIONS") or {}))
+    except ImproperlyConfigured:
+        return bool(params.get("LOCATION"))  # the cache itself reports the bad options
+    return any(layer.backend in REDIS_CACHE_BACKENDS for layer in stack.layers)
+
+
+@checks.register(checks.Tags.caches)
+def check_cache_key_prefix(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
+    # Issue 8: two sites on one Redis database without a KEY_PREFIX read each other's
+    # keys. mpai's own entries are keyed and checked per site (mpai.chat.scoped_cache),
+    # but every other key of the alias (the site's, Django's) still collides.
+    alias = mpai_settings.CACHE_ALIAS
+    params = (getattr(settings, "CACHES", None) or {}).get(alias)
+    if not isinstance(params, dict) or params.get("KEY_PREFIX") or not _uses_redis(params):
+        return []
+    return [
+        checks.Warning(
+            f'CACHES["{alias}"], mpai\'s cache (MPAI["CACHE_ALIAS"]), uses Redis without '
+            "a KEY_PREFIX.",
+            hint=(
+                "Set a KEY_PREFIX unique to this site: sites sharing one Redis database "
+                "without one read and overwrite each other's cache keys."
+            ),
+            id="mpai.W002",
+        )
     ]

@@ -31,6 +31,12 @@ DEFAULTS: dict[str, Any] = {
     "FAST_MODEL": None,
     # Input validation: maximum characters in one user message.
     "MAX_MESSAGE_LENGTH": 8000,
+    # Websocket frames and JSON request bodies (mpai.jsonlimits): most bytes (UTF-8) and
+    # most nesting levels parsed. The largest valid chat message fits in 128 KiB even
+    # escaped as ASCII (8,000 astral characters as \uXXXX pairs are 96,000 bytes, plus
+    # page.url and page.title); a chat message nests 2 deep.
+    "MAX_FRAME_BYTES": 128 * 1024,
+    "MAX_JSON_DEPTH": 32,
     # --- context building (seed 000, "Context Building Optimization") ---
     # Token budget = MAX_INPUT_TOKENS - REPLY_RESERVE_TOKENS (tokens).
     "MAX_INPUT_TOKENS": 8000,
@@ -88,6 +94,10 @@ DEFAULTS: dict[str, Any] = {
     "HISTORY_RETENTION_DAYS": 30,
     # Conversation titles: characters of the first message used as the title.
     "TITLE_LENGTH": 60,
+    # The chat page's Sign-out button posts here: a path or a URL name. None: the
+    # site's URL named "logout" if it has one, else no button (templates never need a
+    # URL name the site may lack).
+    "LOGOUT_URL": None,
     # Rate limiting (mpai.chat.ratelimit): one token bucket per user (``user:<pk>``) or,
     # for anonymous use, per client address (``ip:<addr>``). The seed names only the
     # algorithm ("token bucket", "<0.1ms per check"); the figures are ours. Keys left
@@ -136,8 +146,27 @@ DEFAULTS: dict[str, Any] = {
     # longest title kept (characters).
     "TITLE_BATCH_SIZE": 20,
     "TITLE_MAX_CHARS": 60,
-    # Websocket: most deltas buffered for one slow client before the stream waits.
-    "WEBSOCKET_SEND_QUEUE": 1000,
+    # Websocket back-pressure, per connection: bytes of frames buffered for a client
+    # that reads slower than the reply streams, beyond what the server's transport
+    # holds; the stream waits while the buffer is full. A client that takes no frame
+    # for WEBSOCKET_SLOW_CLIENT_SECONDS while it is full is dropped (close code 1013):
+    # the reply still finishes, is saved, and a resend replays it.
+    "WEBSOCKET_SEND_BUFFER_BYTES": 256 * 1024,
+    "WEBSOCKET_SLOW_CLIENT_SECONDS": 15.0,
+    # Threads that validate and save new turns, apart from the stream threads, so a
+    # new turn never waits behind other users' streams.
+    "START_WORKERS": 8,
+    # Stream leases (mpai.chat.leases): seconds between heartbeats of the replies a
+    # process writes, and the age of a heartbeat after which a streaming reply is
+    # known to have no live writer.
+    "STREAM_HEARTBEAT_SECONDS": 5.0,
+    "STREAM_LEASE_SECONDS": 30.0,
+    # Seconds a resend waits for the original reply to finish before it says so.
+    "REPLAY_TIMEOUT_SECONDS": 120.0,
+    # Seconds between database reads while a resend waits (no connection held between).
+    "REPLAY_POLL_SECONDS": 0.25,
+    # Attempts of the final save of a reply, each on a fresh database connection.
+    "SAVE_ATTEMPTS": 5,
 }
 
 # Options whose values are import strings resolved on access.

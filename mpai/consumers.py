@@ -1,11 +1,18 @@
-"""The chat websocket ``ws/mpai/chat/`` (frames pinned in CONTRACTS.md).
+"""The chat websocket ``ws/mpai/chat/`` (frames in README, "Websocket").
 
-The consumer only translates frames to pipeline calls and back. Generation runs as
-its own task with the blocking pipeline in a worker thread, so ``receive`` stays free
-for ``chat.cancel`` (Channels handles one message at a time per consumer). Deltas are
-sent with ``send_json`` directly, never through the channel layer (ARCHITECTURE.md,
-pitfalls), and at most ``MPAI["WEBSOCKET_SEND_QUEUE"]`` frames wait for a slow client.
+The consumer only translates frames to pipeline calls and back. A new turn is
+validated and saved on the start threads (``MPAI["START_WORKERS"]``), then streamed on
+the stream threads (``MPAI["STREAM_WORKERS"]``), so a new turn never waits behind other
+users' streams and ``receive`` stays free for ``chat.cancel`` (Channels handles one
+message at a time per consumer). Frames go to the socket directly with ``send``, never
+through the channel layer (channel layers drop messages over capacity), through a
+:class:`mpai.relay.FrameRelay` that bounds the bytes held for a slow client.
 A disconnect is not a cancel: the worker thread goes on and saves the whole reply.
+
+Close codes: 4401 after ``chat.error`` ``not_authenticated`` (the session was signed
+out, the user deactivated, or the password changed); 1013 (try again later) for a
+client that read nothing for ``MPAI["WEBSOCKET_SLOW_CLIENT_SECONDS"]`` while its
+buffer was full.
 """
 
 from __future__ import annotations
@@ -18,27 +25,54 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
+from django.core.signals import setting_changed
 from django.db import close_old_connections
+from django.dispatch import receiver
 
 from mpai.chat.pipeline import ChatPipeline, ChatTurn, TurnResult
 from mpai.conf import mpai_settings
-from mpai.exceptions import Busy, MpaiError
+from mpai.exceptions import Busy, MpaiError, NotAuthenticated
+from mpai.relay import FrameRelay
+from mpai.sessions import current_user
 
 logger = logging.getLogger(__name__)
 
-_executor: ThreadPoolExecutor | None = None
+#: Close codes (RFC 6455 section 7.4; 4401 mirrors HTTP 401 as graphql-ws does).
+CLOSE_NOT_AUTHENTICATED = 4401
+CLOSE_SLOW_CLIENT = 1013
+
+_executors: dict[str, ThreadPoolExecutor] = {}
 _executor_lock = threading.Lock()
+
+
+def _executor(name: str, workers: int) -> ThreadPoolExecutor:
+    with _executor_lock:
+        if name not in _executors:
+            _executors[name] = ThreadPoolExecutor(
+                max_workers=workers, thread_name_prefix=f"mpai-{name}"
+            )
+        return _executors[name]
+
+
+@receiver(setting_changed)
+def _forget_executors(*, setting: str, **kwargs: Any) -> None:
+    """New pools for new ``MPAI`` sizes; threads of the old ones finish their turns."""
+    if setting == "MPAI":
+        with _executor_lock:
+            old = list(_executors.values())
+            _executors.clear()
+        for executor in old:
+            executor.shutdown(wait=False)
 
 
 def stream_executor() -> ThreadPoolExecutor:
     """Return the process's pool of threads that run provider streams."""
-    global _executor
-    with _executor_lock:
-        if _executor is None:
-            _executor = ThreadPoolExecutor(
-                max_workers=mpai_settings.STREAM_WORKERS, thread_name_prefix="mpai-stream"
-            )
-        return _executor
+    return _executor("stream", mpai_settings.STREAM_WORKERS)
+
+
+def start_executor() -> ThreadPoolExecutor:
+    """Return the process's pool of threads that validate and save new turns."""
+    return _executor("start", mpai_settings.START_WORKERS)
 
 
 def error_frame(error: MpaiError, *, message_id: int | None = None) -> dict[str, Any]:
@@ -77,34 +111,50 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
     # cancelled receive was seen to stall uvicorn's graceful shutdown.
     channel_layer_alias = None
 
+    # Set in connect(); a refused handshake still gets disconnect() (Channels).
+    turn: ChatTurn | None = None
+    task: asyncio.Task[None] | None = None
+    relay: FrameRelay | None = None
+    busy = False
+    cancel_requested = False
+    closing: asyncio.Future[None] | None = None
+
     async def connect(self) -> None:
         user = self.scope.get("user")
         if user is None or not user.is_authenticated:
             await self.close()  # before accept(): the handshake is refused (HTTP 403)
             return
         self.pipeline = self.pipeline_class()
-        self.turn: ChatTurn | None = None
-        self.task: asyncio.Task[None] | None = None
-        # True from a chat.message until its final frame is handed to send_json, so a
-        # client that sends again right after chat.completed is never told busy.
-        self.busy = False
-        self.cancel_requested = threading.Event()
-        self.gone = threading.Event()
         await self.accept()
 
     async def disconnect(self, code: int) -> None:
-        # Not a cancel: the worker thread finishes and saves the reply.
-        self.gone.set()
+        # Not a cancel: the worker thread finishes and saves the reply; only the frames
+        # stop. A resend waiting for another reply stops waiting.
+        if self.relay is not None:
+            self.relay.close()
+        turn = self.turn
+        if turn is not None and turn.replayed:
+            turn.cancel()
 
     async def receive(
         self, text_data: str | None = None, bytes_data: bytes | None = None, **kwargs: Any
     ) -> None:
+        # Size, then depth, then JSON (mpai.jsonlimits); a bad frame never closes the socket.
+        from mpai.exceptions import InvalidJson
+        from mpai.jsonlimits import loads_bounded
+
         try:
-            content = json.loads(text_data) if text_data is not None else None
-        except ValueError:
-            content = None
-        if not isinstance(content, dict):
-            await self.send_error(MpaiError("Frames must be JSON objects."), code="invalid_json")
+            if text_data is None:
+                raise InvalidJson("Frames must be JSON text frames, not binary.")
+            content = loads_bounded(
+                text_data,
+                max_bytes=mpai_settings.MAX_FRAME_BYTES,
+                max_depth=mpai_settings.MAX_JSON_DEPTH,
+            )
+            if not isinstance(content, dict):
+                raise InvalidJson("Frames must be JSON objects.")
+        except InvalidJson as exc:
+            await self.send_json(error_frame(exc))
             return
         await self.receive_json(content)
 
@@ -115,11 +165,12 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
                 await self.send_json(error_frame(Busy()))
                 return
             self.busy = True
+            self.cancel_requested = False
             self.task = asyncio.create_task(self.chat(content))
         elif kind == "chat.cancel":
             if not self.busy:
                 return  # nothing to stop
-            self.cancel_requested.set()
+            self.cancel_requested = True
             turn = self.turn
             if turn is not None:
                 await asyncio.get_running_loop().run_in_executor(None, turn.cancel)
@@ -132,87 +183,96 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         await self.send_json(frame)
 
     async def chat(self, content: dict[str, Any]) -> None:
-        """Run one turn: ``chat.started``, ``chat.delta``…, then the final frame.
-
-        The whole turn, ``start()`` included, runs in a stream-executor thread: Channels'
-        ``database_sync_to_async`` would queue every connection's ORM work on one shared
-        thread. Frames come back through a queue, in order.
-        """
+        """Run one turn: ``chat.started``, ``chat.delta``…, then the final frame."""
         loop = asyncio.get_running_loop()
-        frames: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
-        credits = threading.BoundedSemaphore(mpai_settings.WEBSOCKET_SEND_QUEUE)
-        gone = self.gone
-        self.cancel_requested = threading.Event()
-
-        def push(frame: dict[str, Any] | None) -> None:
-            try:
-                loop.call_soon_threadsafe(frames.put_nowait, frame)
-            except RuntimeError:  # the event loop has closed (server shutdown)
-                gone.set()
-
-        def on_delta(text: str) -> None:
-            # Runs in the worker thread: wait for room while the client is slow.
-            while not credits.acquire(timeout=0.5):
-                if gone.is_set():
-                    return
-            if not gone.is_set():
-                push({"type": "chat.delta", "text": text})
-
-        def on_complete(result: TurnResult) -> None:
-            if not gone.is_set():
-                push(final_frame(result))
-
-        loop.run_in_executor(stream_executor(), self.run_turn, content, push, on_delta, on_complete)
         try:
-            while (frame := await frames.get()) is not None:
-                if frame["type"] in ("chat.completed", "chat.error"):
-                    await self.send_final(frame)
+            try:
+                turn = await loop.run_in_executor(start_executor(), self.start_turn, content)
+            except MpaiError as exc:
+                await self.send_final(json.dumps(error_frame(exc)))
+                if isinstance(exc, NotAuthenticated):
+                    await self.close(code=CLOSE_NOT_AUTHENTICATED)
+                return
+            except Exception:
+                logger.exception("mpai could not start a chat turn")
+                await self.send_final(json.dumps(error_frame(MpaiError())))
+                return
+            relay = self.relay = FrameRelay(
+                loop,
+                max_bytes=mpai_settings.WEBSOCKET_SEND_BUFFER_BYTES,
+                stall_seconds=mpai_settings.WEBSOCKET_SLOW_CLIENT_SECONDS,
+                on_stall=self.drop_slow_client,
+            )
+            self.turn = turn
+            if self.cancel_requested:  # chat.cancel came while the turn was starting
+                turn.cancel()
+            loop.run_in_executor(stream_executor(), self.run_turn, turn, relay)
+            await self.send_json(started_frame(turn, content.get("client_id")))
+            async for text, final in relay.frames():
+                if final:
+                    await self.send_final(text)
                 else:
-                    if frame["type"] == "chat.delta":
-                        credits.release()
-                    await self.send_json(frame)
+                    await self.send(text_data=text)
+        except asyncio.CancelledError:
+            pass  # a slow client was given up; the worker thread saves the reply
         except Exception:
             # The client went away: the worker thread saves the reply without us.
-            self.gone.set()
-            while await frames.get() is not None:
-                pass
+            if self.relay is not None:
+                self.relay.close()
         finally:
             self.busy = False
             self.turn = None
+            self.relay = None
 
-    def run_turn(self, content: dict[str, Any], push: Any, on_delta: Any, on_complete: Any) -> None:
-        """Start and run one turn (in a worker thread); always ends with ``push(None)``."""
+    def start_turn(self, content: dict[str, Any]) -> ChatTurn:
+        """Check the session, then validate and save a new turn (in a start thread).
+
+        Raises:
+            NotAuthenticated: the session was signed out or invalidated.
+            MpaiError: the pipeline refused the message.
+        """
         close_old_connections()
         try:
-            client_id = content.get("client_id")
-            try:
-                turn = self.pipeline.start(
-                    user=self.scope["user"],
-                    content=content.get("content"),
-                    conversation_id=content.get("conversation"),
-                    client_id=client_id,
-                    page=content.get("page"),
-                    use_cache=content.get("cache", True),
-                )
-            except MpaiError as exc:
-                push(error_frame(exc))
-                return
-            # Publish the turn, then look for a cancel that came first (the event loop
-            # sets the flag, then reads self.turn: one of the two sides sees the other).
-            self.turn = turn
-            push(started_frame(turn, client_id))
-            if self.cancel_requested.is_set():
-                turn.cancel()
-            self.pipeline.run(turn, on_delta=on_delta, on_complete=on_complete)
-        except Exception:
-            logger.exception("mpai chat turn failed")
-            push(error_frame(MpaiError()))
+            user = current_user(self.scope)
+            if user is None:
+                raise NotAuthenticated()
+            return self.pipeline.start(
+                user=user,
+                content=content.get("content"),
+                conversation_id=content.get("conversation"),
+                client_id=content.get("client_id"),
+                page=content.get("page"),
+                use_cache=content.get("cache", True),
+            )
         finally:
             close_old_connections()
-            push(None)
 
-    async def send_final(self, frame: dict[str, Any]) -> None:
+    def run_turn(self, turn: ChatTurn, relay: FrameRelay) -> None:
+        """Stream one started turn (in a stream thread); always ends the relay."""
+        close_old_connections()
+        try:
+            self.pipeline.run(
+                turn,
+                on_delta=relay.put_delta,
+                on_complete=lambda result: relay.put_final(final_frame(result)),
+            )
+        except Exception:
+            logger.exception("mpai chat turn failed")
+            relay.put_final(error_frame(MpaiError()))
+        finally:
+            close_old_connections()
+            relay.finish()
+
+    def drop_slow_client(self) -> None:
+        """Give up a client that stopped reading (on the event loop): see the module."""
+        logger.warning("mpai closed a websocket that stopped reading its reply")
+        if self.task is not None:
+            self.task.cancel()
+        # Its own task: the close frame waits behind the unread ones.
+        self.closing = asyncio.ensure_future(self.close(code=CLOSE_SLOW_CLIENT))
+
+    async def send_final(self, text: str) -> None:
         """Send the frame that ends a turn; the connection is free before it leaves."""
         self.busy = False
         self.turn = None
-        await self.send_json(frame)
+        await self.send(text_data=text)

@@ -48,9 +48,25 @@ class RateLimited(MpaiError):
     default_detail = "Too many messages; please wait a moment."
 
 
+class NotAuthenticated(MpaiError):
+    """The connection's session ended (signed out, deactivated, password changed)."""
+
+    code = "not_authenticated"
+    default_detail = "You are signed out; sign in again to chat."
+
+
 class Busy(MpaiError):
     code = "busy"
     default_detail = "A reply is still streaming on this connection."
+
+
+class InvalidJson(MpaiError):
+    """A websocket frame or request body that is not JSON mpai accepts: malformed, not
+    UTF-8, nested deeper than ``MPAI["MAX_JSON_DEPTH"]`` or larger than
+    ``MPAI["MAX_FRAME_BYTES"]`` (README, "Settings")."""
+
+    code = "invalid_json"
+    default_detail = "The frame is not valid JSON."
 
 
 # --- provider -------------------------------------------------------------------------

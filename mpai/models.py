@@ -7,6 +7,8 @@ order (context building), and age (retention cleanup, the seed's 30-day rule).
 
 from __future__ import annotations
 
+import uuid
+
 from django.conf import settings
 from django.db import models
 from django.db.models import Q
@@ -70,6 +72,10 @@ class Message(models.Model):
     # The client's id for an idempotent send (on the user message of the exchange).
     client_id = models.CharField(max_length=64, null=True, blank=True)  # noqa: DJ001 (NULL = none, for the conditional unique constraint)
     created_at = models.DateTimeField(auto_now_add=True)
+    # While ``streaming``: the last time the process writing the reply said it is alive
+    # (``mpai.chat.leases``). A streaming reply whose heartbeat is older than
+    # ``MPAI["STREAM_LEASE_SECONDS"]`` has no live writer in any process.
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["created_at", "id"]
@@ -114,3 +120,23 @@ class CacheEntry(models.Model):
 
     def __str__(self) -> str:
         return self.cache_key
+
+
+class SiteIdentity(models.Model):
+    """This database's identity: one row, made on first use (``mpai.site_identity``).
+
+    Cached entries that can reach a prompt carry ``uuid`` and are used only when it
+    matches, so two sites sharing one Redis never read each other's entries even when
+    their ids (which start at 1 in every database) coincide (README, "The layered cache").
+    """
+
+    id = models.PositiveSmallIntegerField(primary_key=True, default=1, editable=False)
+    uuid = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        verbose_name = "site identity"
+        verbose_name_plural = "site identity"
+
+    def __str__(self) -> str:
+        return str(self.uuid)

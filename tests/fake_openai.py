@@ -19,7 +19,9 @@ Streams look like OpenAI's (https://platform.openai.com/docs/api-reference/chat-
 a role-only first chunk, one chunk per part, a chunk with ``finish_reason`` and an
 empty delta, then, only when the request asked for ``stream_options.include_usage``,
 a usage chunk with empty ``choices``; then ``data: [DONE]``. A request with
-``stream: false`` gets a ``chat.completion`` object of the same reply.
+``stream: false`` gets a ``chat.completion`` object of the same reply. A refusal
+(``stream_refusal``) carries its parts in ``delta.refusal`` instead of ``delta.content``
+(``message.refusal`` with ``content: null`` when not streamed), as OpenAI sends one.
 """
 
 from __future__ import annotations
@@ -57,6 +59,7 @@ class _Reply:
     disconnect: bool = False
     raw: list[bytes] | None = None
     content_type: str = "text/event-stream"
+    refusal: bool = False
 
 
 @dataclass
@@ -133,6 +136,18 @@ class FakeOpenAI:
         """Stream ``parts``, then ``data: {"error": {...}}`` (or ``event: error``), no [DONE]."""
         error = {"error": {"message": error_message, "type": "server_error", "code": code}}
         self._set(_Reply(list(parts), None, None, error=error, error_as_event=as_event))
+
+    def stream_refusal(
+        self, parts: list[str], *, usage: tuple[int, int] | str | None = "auto"
+    ) -> None:
+        """Answer every later request with a refusal: ``parts`` in ``delta.refusal``, then
+        ``finish_reason: "stop"``, usage and ``[DONE]`` (``message.refusal`` if not streamed)."""
+        self._set(_Reply(list(parts), "stop", usage, refusal=True))
+
+    def stream_truncated(self, parts: list[str], *, finish_reason: str | None = None) -> None:
+        """Stream ``parts`` (then a ``finish_reason`` chunk, if given), then end the body
+        cleanly: no usage chunk, no ``[DONE]``, the chunked encoding properly terminated."""
+        self._set(_Reply(list(parts), finish_reason, None, done=False))
 
     def stream_then_disconnect(self, parts: list[str], *, delay_s: float = 0.0) -> None:
         """Stream ``parts``, then drop the connection without ending the chunked body."""
@@ -260,7 +275,12 @@ def _usage(reply: _Reply, body: dict[str, Any]) -> dict[str, int] | None:
 
 
 def _completion(reply: _Reply, body: dict[str, Any]) -> dict[str, Any]:
-    message = {"role": "assistant", "content": "".join(reply.parts), "refusal": None}
+    text = "".join(reply.parts)
+    message = {
+        "role": "assistant",
+        "content": None if reply.refusal else text,
+        "refusal": text if reply.refusal else None,
+    }
     return {
         "id": f"chatcmpl-fake{next(_ids)}",
         "object": "chat.completion",
@@ -305,7 +325,7 @@ def _stream(
     for part in reply.parts:
         if not pause():
             return
-        yield chunk({"content": part})
+        yield chunk({"refusal": part} if reply.refusal else {"content": part})
     if reply.error is not None:
         if not pause():
             return

@@ -16,6 +16,9 @@ import dj_database_url
 BASE_DIR = Path(__file__).resolve().parent.parent
 
 SECRET_KEY = "tests-only-not-secret"
+# The demo project (config.settings) refuses its development key with DEBUG off; the
+# demo processes tests start (manage.py, uvicorn, celery) inherit this one.
+os.environ.setdefault("DJANGO_SECRET_KEY", SECRET_KEY)
 DEBUG = False
 ALLOWED_HOSTS = ["testserver", "127.0.0.1", "localhost"]
 USE_TZ = True

@@ -200,3 +200,34 @@ def test_server_shutdown_saves_streaming_replies_as_cancelled(
     assert saved.status == "cancelled"
     assert saved.content.startswith("slow ")
     assert len(saved.content) < len("slow ") * 200
+
+
+def test_a_refusal_is_streamed_saved_and_flagged_on_the_final_frame(
+    e2e_server, session_cookie, fake_openai
+):
+    parts = ["I'm sorry, ", "I can't help with that."]
+    fake_openai.stream_refusal(parts)
+    with open_ws(e2e_server, session_cookie) as ws:
+        send(ws, type="chat.message", conversation=None, content="Something I may not ask")
+        started, deltas, final = turn(ws)
+    assert deltas == parts
+    assert final["type"] == "chat.completed"
+    assert final["refusal"] is True
+    saved = Message.objects.get(pk=started["message"])
+    assert saved.content == "".join(parts)
+    assert saved.status == "complete"
+
+
+def test_a_stream_cut_off_without_finish_reason_is_an_error_with_its_partial_text(
+    e2e_server, session_cookie, fake_openai
+):
+    fake_openai.stream_truncated(["Half ", "a "])
+    with open_ws(e2e_server, session_cookie) as ws:
+        send(ws, type="chat.message", conversation=None, content="Tell me everything")
+        started, deltas, final = turn(ws)
+    assert final["type"] == "chat.error"
+    assert final["code"] == "provider_unavailable"
+    assert final["message"] == started["message"]
+    saved = Message.objects.get(pk=started["message"])
+    assert saved.status == "error"
+    assert saved.content == "".join(deltas) == "Half a "

@@ -16,6 +16,8 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from mpai.api.auth import AuthenticateHeaderMixin
+from mpai.api.parsers import BoundedJSONParser
 from mpai.chat.pipeline import ChatPipeline, TurnResult
 from mpai.exceptions import ConversationNotFound, MpaiError, ProviderTimeout, RateLimited
 
@@ -50,10 +52,12 @@ def error_response(error: MpaiError, *, message_id: int | None = None) -> Respon
     return Response(body, status=code, headers=headers)
 
 
-class ChatView(APIView):
+class ChatView(AuthenticateHeaderMixin, APIView):
     """Send a message and get the whole reply (see the module docstring)."""
 
     permission_classes = [permissions.IsAuthenticated]
+    # JSON only, within MAX_FRAME_BYTES and MAX_JSON_DEPTH (mpai.api.parsers).
+    parser_classes = [BoundedJSONParser]
     pipeline_class = ChatPipeline
 
     def post(self, request: Request) -> Response:

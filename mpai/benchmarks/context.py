@@ -19,11 +19,10 @@ from collections.abc import Mapping
 from types import SimpleNamespace
 from typing import Any, Protocol
 
-from mpai import cache as mpai_cache
 from mpai.benchmarks._stats import summary, time_us
-from mpai.cache.grouped import USER_CONTEXT
 from mpai.chat.context import ContextBuilder, ContextRequest, budget_tokens
 from mpai.chat.tokens import estimate_tokens
+from mpai.chat.usercontext import delete_user_context, store_user_context
 from mpai.providers.offline import packaged_replies
 
 DEFAULT_ITERATIONS = 2000
@@ -51,7 +50,7 @@ def run(stdout: Writer, options: Mapping[str, Any]) -> None:
     """Print median and p99 (µs) of ``ContextBuilder.build`` for both shapes."""
     iterations = int(options.get("iterations") or DEFAULT_ITERATIONS)
     user = SimpleNamespace(pk=f"bench-{uuid.uuid4().hex}")
-    mpai_cache.set(str(user.pk), {"username": "bench", "name": "Bench User"}, group=USER_CONTEXT)
+    store_user_context(user, {"username": "bench", "name": "Bench User"})
     builder = ContextBuilder()
     query = "What are the opening hours of the support desk?"
     stdout.write(
@@ -82,4 +81,4 @@ def run(stdout: Writer, options: Mapping[str, Any]) -> None:
             kept = len(context.messages) - 2
             stdout.write(f"{label:<28}{median:>10.1f}{p99:>10.1f}{context.tokens:>9}{kept:>14}\n")
     finally:
-        mpai_cache.delete(str(user.pk), group=USER_CONTEXT)
+        delete_user_context(user)

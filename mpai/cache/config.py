@@ -46,6 +46,7 @@ from django.core.exceptions import ImproperlyConfigured
 
 MEMORY_BACKENDS = frozenset({"mpai.cache.memory.MemoryStore", "memory"})
 REDIS_BACKEND = "django_redis.cache.RedisCache"
+DJANGO_REDIS_BACKEND = "django.core.cache.backends.redis.RedisCache"
 DATABASE_BACKEND = "django.core.cache.backends.db.DatabaseCache"
 
 #: Table of the default database layer (create it: ``manage.py createcachetable mpai_cache``).
@@ -62,6 +63,14 @@ MEMORY_DEFAULTS: dict[str, Any] = {
 REDIS_LAYER_DEFAULTS: dict[str, Any] = {
     "SOCKET_CONNECT_TIMEOUT": 0.25,
     "SOCKET_TIMEOUT": 0.25,
+}
+
+#: The same for a Redis layer on Django's own ``RedisCache``, whose OPTIONS go to
+#: redis-py's connection pool (seconds). Without them redis-py waits forever, so a Redis
+#: that accepts connections and never answers would hang every read.
+DJANGO_REDIS_LAYER_DEFAULTS: dict[str, Any] = {
+    "socket_connect_timeout": 0.25,
+    "socket_timeout": 0.25,
 }
 
 #: Top-level OPTIONS of the layered cache and their defaults.
@@ -194,6 +203,9 @@ def _shared_spec(raw: dict[str, Any], name: str, top: dict[str, Any]) -> LayerSp
         # Outages are counted and handled by the layered cache, never hidden as misses.
         options["IGNORE_EXCEPTIONS"] = False
         for key, value in REDIS_LAYER_DEFAULTS.items():
+            options.setdefault(key, value)
+    elif backend == DJANGO_REDIS_BACKEND:
+        for key, value in DJANGO_REDIS_LAYER_DEFAULTS.items():
             options.setdefault(key, value)
     layer_top = {k: raw.get(k, top[k]) for k in ("BREAKER_FAILURES", "BREAKER_RESET", "SLOW_CALL")}
     failures = _number(layer_top, "BREAKER_FAILURES", 1)

@@ -32,7 +32,7 @@ from mpai.conf import DEFAULTS, mpai_settings
 
 DEFAULT_GROUP = "default"
 
-#: Group of the per-user context entry (key: ``str(user.pk)``).
+#: Group of the per-user context entries (keys and claims: ``mpai.chat.usercontext``).
 USER_CONTEXT = "user_context"
 
 

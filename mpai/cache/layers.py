@@ -9,6 +9,10 @@ Each layer wraps one Django cache backend instance (django-redis, Django's
   ``OperationalError``) or a call slower than ``SLOW_CALL`` feeds the layer's
   :class:`~mpai.cache.breaker.CircuitBreaker`, and the caller sees
   :data:`UNAVAILABLE`;
+- while the breaker is open, skips the layer without I/O; the probe that may close it
+  runs in a background thread (inline only for a database layer), so a Redis that
+  accepts connections and never answers costs a request nothing once the breaker
+  has opened;
 - logs once per outage (when the breaker opens) and once when the layer is back;
 - keeps a journal of the keys it missed writes or deletes for while down (at most
   ``JOURNAL_MAX``) and deletes them from the layer when it comes back, before the
@@ -315,13 +319,32 @@ class SharedLayer:
         return fn(*args)
 
     def _enter(self) -> bool:
-        """Decide whether a call may go to a layer whose breaker is not closed."""
-        if not self.breaker.request_probe():
-            with self._lock:
-                self.skipped += 1
-                self._skipped_since_open += 1
-            return False
-        return self.breaker.state is CLOSED or self._probe_and_repair()
+        """Decide whether a call may go to a layer whose breaker is not closed.
+
+        The caller that wins the probe of a database layer makes it (Django's
+        connections belong to the calling thread and its transaction); the probe of
+        any other layer runs in a thread of its own and the caller skips the layer, so
+        no request waits on a layer that hangs (a socket timeout per probe otherwise).
+        """
+        if self.breaker.request_probe():
+            if self.breaker.state is CLOSED:
+                return True
+            if self.is_database:
+                return self._probe_and_repair()
+            self._probe_in_background()
+        with self._lock:
+            self.skipped += 1
+            self._skipped_since_open += 1
+        return False
+
+    def _probe_in_background(self) -> None:
+        """Probe (and repair) the layer in a daemon thread; the breaker is half-open."""
+        try:
+            threading.Thread(
+                target=self._probe_and_repair, name=f"mpai-cache-probe-{self.name}", daemon=True
+            ).start()
+        except RuntimeError:  # no thread to be had: stay open, try again next period
+            self.breaker.record_failure()
 
     def recover_if_due(self) -> None:
         """Probe the layer if its breaker is open and its reset time has passed.

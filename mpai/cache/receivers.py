@@ -1,8 +1,9 @@
 """Receivers that keep the cached user context fresh.
 
 The seed deleted ``user_context_<id>`` on ``profile_update`` and on membership
-transactions. Here the entry is the grouped-cache key ``str(user.pk)`` in group
-``"user_context"`` (:data:`mpai.cache.grouped.USER_CONTEXT`), deleted when:
+transactions. Here the entry is this site's entry of the user in group
+``"user_context"`` (:data:`mpai.cache.grouped.USER_CONTEXT`, written by
+:mod:`mpai.chat.usercontext`), deleted when:
 
 - the user model sends ``post_save`` or ``post_delete``;
 - a site sends :data:`mpai.signals.membership_changed` (``sender``, ``user``).
@@ -23,7 +24,6 @@ from django.conf import settings
 from django.db import transaction
 from django.db.models.signals import post_delete, post_save
 
-from mpai.cache import grouped
 from mpai.signals import membership_changed
 
 logger = logging.getLogger("mpai.cache")
@@ -44,8 +44,10 @@ def invalidate_user_context(user: Any) -> None:
 
 
 def _delete(pk: Any) -> None:
+    from mpai.chat.usercontext import delete_user_context  # the entry's key and claims
+
     try:
-        grouped.delete(str(pk), group=grouped.USER_CONTEXT)
+        delete_user_context(pk)
     except Exception:
         logger.exception("mpai cache: could not invalidate the context of user %s", pk)
 

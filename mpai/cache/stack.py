@@ -9,7 +9,8 @@ payloads; the Django cache contract (timeouts, versions, ``add`` semantics) live
 :mod:`mpai.cache.backend`.
 
 Reads go fastest layer first; a hit in a slower layer fills the faster shared layers
-(with ``add``, so a value written meanwhile is not overwritten) and L1, each with the
+that answered this read (with ``add``, so a value written meanwhile is not
+overwritten; a layer that failed or was skipped is left alone) and L1, each with the
 entry's remaining lifetime and never more; a fill of L1 is dropped if the key was
 invalidated while the slower layer answered. Writes and deletes update L1 first, then
 the other shared layers, then the Redis layer together with the invalidation message
@@ -116,16 +117,19 @@ class LayerStack:
             The live envelope, None on a miss, UNAVAILABLE when no layer answered.
         """
         answered = False
-        layers = self.layers
-        for index, layer in enumerate(layers):
+        # Layers that answered (a miss): a layer that has just failed or been skipped is
+        # not filled, so a hanging layer costs this read one timeout, not two.
+        to_fill: list[SharedLayer] = []
+        for layer in self.layers:
             envelope = layer.get(key)
             if envelope is UNAVAILABLE:
                 continue
             answered = True
             if envelope is None:
+                to_fill.append(layer)
                 continue
-            if index:
-                self._fill_shared(key, envelope, layers[:index])
+            if to_fill:
+                self._fill_shared(key, envelope, to_fill)
             self.store.fill(key, envelope[1], envelope[0], generation, self.l1_cap())
             return envelope
         return None if answered else UNAVAILABLE
@@ -134,7 +138,8 @@ class LayerStack:
         """Read several keys from the shared layers (one call per layer), with fills."""
         found: dict[str, Envelope] = {}
         missing = list(keys)
-        for index, layer in enumerate(self.layers):
+        to_fill: list[SharedLayer] = []  # the layers that answered (as in read_shared)
+        for layer in self.layers:
             if not missing:
                 break
             got = layer.get_many(missing)
@@ -142,8 +147,9 @@ class LayerStack:
                 continue
             for key, envelope in got.items():
                 found[key] = envelope
-                if index:
-                    self._fill_shared(key, envelope, self.layers[:index])
+                if to_fill:
+                    self._fill_shared(key, envelope, to_fill)
+            to_fill.append(layer)
             missing = [key for key in missing if key not in got]
         cap = self.l1_cap()
         for key, envelope in found.items():

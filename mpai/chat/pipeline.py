@@ -16,6 +16,7 @@ Signals are sent at each measurement point (``mpai.signals``, CONTRACTS.md).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -24,13 +25,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from django.db import IntegrityError, connection, transaction
+from django.db import IntegrityError, InterfaceError, OperationalError, connection, transaction
 from django.dispatch import Signal
 from django.utils import timezone
+from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
-from mpai import cache as mpai_cache
 from mpai import signals
-from mpai.chat import response_cache
+from mpai.chat import history_cache, leases, response_cache
 from mpai.chat import trace as points
 from mpai.chat.context import ContextBuilder, ContextRequest, budget_tokens
 from mpai.chat.memory import ConversationMemory
@@ -38,9 +39,9 @@ from mpai.chat.model_choice import choose_model
 from mpai.chat.ratelimit import enforce
 from mpai.chat.titles import default_title
 from mpai.chat.trace import Trace
-from mpai.chat.validation import validate_client_id, validate_content
+from mpai.chat.validation import validate_client_id, validate_content, validate_page
 from mpai.conf import mpai_settings
-from mpai.exceptions import ConversationNotFound, MessageTooLong, MpaiError
+from mpai.exceptions import ConversationNotFound, MessageTooLong, MpaiError, ProviderTimeout
 from mpai.models import Conversation, Message
 from mpai.providers import ChatProvider, ChatRequest, ChatStream, Usage, get_provider
 
@@ -86,6 +87,11 @@ class ChatTurn:
     use_cache: bool = True
     _cancelled: threading.Event = field(default_factory=threading.Event, repr=False)
     _stream: ChatStream | None = field(default=None, repr=False)
+    # The reply's text so far, kept on the turn so an unexpected failure still saves it.
+    parts: list[str] = field(default_factory=list, repr=False)
+    model: str = ""
+    # The model refused (Chat Completions ``delta.refusal``): its refusal is the reply.
+    refusal: bool = False
 
     def cancel(self) -> None:
         """Stop the reply (the stop button); safe to call from any thread."""
@@ -118,6 +124,7 @@ class TurnResult:
     replayed: bool
     timings_ms: dict[str, float]
     error: MpaiError | None = None
+    refusal: bool = False
 
     @property
     def partial_message_id(self) -> int | None:
@@ -134,6 +141,7 @@ class TurnResult:
             "replayed": self.replayed,
             "usage": self.usage.as_dict() if self.usage else None,
             "timings_ms": self.timings_ms,
+            **({"refusal": True} if self.refusal else {}),
         }
 
 
@@ -153,6 +161,54 @@ def release_db_connection() -> None:
         connection.close()
 
 
+#: The fields the end of a turn writes on its reply.
+REPLY_FIELDS = (
+    "content",
+    "status",
+    "model",
+    "finish_reason",
+    "error_code",
+    "prompt_tokens",
+    "completion_tokens",
+    "cached",
+)
+
+
+def save_reply(message: Message, *, attempts: int | None = None) -> None:
+    """Save the end of a turn, retrying on a fresh database connection.
+
+    A pooled connection may have died while the provider streamed (a database restart,
+    ``pg_terminate_backend``, a failover): the reply the user saw must not be lost with
+    it. Each failed attempt closes the connection, which psycopg's pool discards when
+    broken, and the next one takes another, with a short exponential back-off.
+
+    Args:
+        attempts: most attempts (default ``MPAI["SAVE_ATTEMPTS"]``, 5).
+
+    Raises:
+        django.db.OperationalError, django.db.InterfaceError: every attempt failed.
+    """
+    retrying = Retrying(
+        stop=stop_after_attempt(int(attempts or mpai_settings.SAVE_ATTEMPTS)),
+        wait=wait_exponential(multiplier=0.05, max=1.0),
+        retry=retry_if_exception_type((OperationalError, InterfaceError)),
+        before_sleep=lambda state: _discard_connection(state.outcome),
+        reraise=True,
+    )
+    for attempt in retrying:
+        with attempt:
+            message.save(update_fields=REPLY_FIELDS)
+
+
+def _discard_connection(outcome: Any) -> None:
+    logger.warning(
+        "mpai could not save a reply; retrying on a new connection: %s",
+        outcome.exception() if outcome else None,
+    )
+    with contextlib.suppress(Exception):  # Django forgets the connection either way
+        connection.close()
+
+
 def send_robust(signal: Signal, **kwargs: Any) -> None:
     """Send ``signal`` from the pipeline; a receiver's exception is logged, never raised."""
     for receiver, response in signal.send_robust(sender=ChatPipeline, **kwargs):
@@ -162,9 +218,6 @@ def send_robust(signal: Signal, **kwargs: Any) -> None:
 
 class ChatPipeline:
     """Run chat turns against a provider (default: ``MPAI["PROVIDER"]``)."""
-
-    #: Seconds between database reads while a replay waits for a reply in progress.
-    replay_poll_interval = 0.1
 
     def __init__(self, provider: ChatProvider | None = None) -> None:
         self._provider = provider
@@ -200,7 +253,7 @@ class ChatPipeline:
             InvalidMessage, MessageTooLong: bad content or client_id; a message whose
                 tokens alone exceed the context budget is too long.
             RateLimited: the user's token bucket is empty (``retry_after`` in seconds);
-                a replay is not counted.
+                a resend counts like a new message (each one may wait for a reply).
             ConversationNotFound: no such conversation of this user.
         """
         trace = Trace()
@@ -208,11 +261,12 @@ class ChatPipeline:
         if ContextBuilder().estimate(text) > budget_tokens():
             raise MessageTooLong("The message alone is longer than the model's context budget.")
         cid = validate_client_id(client_id)
+        page = validate_page(page)
+        enforce(user=user)
         if cid is not None:
             earlier = self._find_replay(user, cid, trace)
             if earlier is not None:
                 return earlier
-        enforce(user=user)
         try:
             # One transaction: a client_id race leaves no empty conversation behind.
             with transaction.atomic():
@@ -229,6 +283,7 @@ class ChatPipeline:
                     owner=user,
                     role=Message.Role.ASSISTANT,
                     status=Message.Status.STREAMING,
+                    heartbeat_at=timezone.now(),
                 )
                 Conversation.objects.filter(pk=conversation.pk).update(updated_at=timezone.now())
         except IntegrityError:
@@ -243,7 +298,7 @@ class ChatPipeline:
             user_message,
             assistant_message,
             trace,
-            page=page if isinstance(page, dict) else None,
+            page=page,
             use_cache=use_cache is not False,
         )
 
@@ -301,12 +356,25 @@ class ChatPipeline:
             The :class:`TurnResult`; provider errors are reported in it, not raised.
         """
         _active_turns.add(turn)
+        if not turn.replayed:
+            leases.hold(turn.assistant_message.pk)
         try:
-            result = (
-                self._replay(turn, on_delta) if turn.replayed else self._generate(turn, on_delta)
-            )
+            if turn.replayed:
+                result = self._replay(turn, on_delta)
+            else:
+                try:
+                    result = self._generate(turn, on_delta)
+                except Exception as exc:
+                    # A started turn always ends saved: the text so far, status error.
+                    logger.exception("mpai chat turn failed; saving its partial reply")
+                    error = MpaiError()
+                    error.__cause__ = exc
+                    result = self._finish(
+                        turn, "".join(turn.parts), None, None, error, model=turn.model
+                    )
         finally:
             _active_turns.discard(turn)
+            leases.release(turn.assistant_message.pk)
         if on_complete is not None:
             on_complete(result)
         send_robust(
@@ -331,13 +399,12 @@ class ChatPipeline:
         drops the cached context; else from the database, taking only messages saved
         before ``before`` (the current user message's id).
         """
-        key = str(conversation.pk)
         memory = self.memories.get(conversation.pk)
         if memory is not None and memory.idle_for() > mpai_settings.MEMORY_IDLE_SECONDS:
             del self.memories[conversation.pk]
-            mpai_cache.delete(key, group=CONVERSATION_CONTEXT)
+            history_cache.delete_conversation_context(conversation)
             memory = None
-        cached = mpai_cache.get(key, group=CONVERSATION_CONTEXT)
+        cached = history_cache.read_conversation_context(conversation)
         if cached is None and memory is not None and not self._moved_on(conversation, memory):
             return memory
         if memory is None:
@@ -380,7 +447,7 @@ class ChatPipeline:
             memory.append(Message.Role.ASSISTANT.value, reply)
         memory.end_turn()
         memory.synced_at = timezone.now()
-        mpai_cache.set(str(turn.conversation.pk), list(memory.messages), group=CONVERSATION_CONTEXT)
+        history_cache.write_conversation_context(turn.conversation, turn.user, memory.messages)
 
     def _generate(self, turn: ChatTurn, on_delta: DeltaCallback) -> TurnResult:
         trace, common = turn.trace, {"user": turn.user, "conversation": turn.conversation}
@@ -390,7 +457,7 @@ class ChatPipeline:
         context = builder.build(
             ContextRequest(turn.user, turn.conversation, query, turn.page), memory.messages
         )
-        model = choose_model(query=query, prompt_tokens=context.tokens)
+        model = turn.model = choose_model(query=query, prompt_tokens=context.tokens)
         messages = context.messages
         trace.mark(points.CONTEXT_BUILT)
         send_robust(signals.context_built, trace=trace, messages=messages, model=model, **common)
@@ -405,15 +472,16 @@ class ChatPipeline:
                 if turn.cancelled:
                     break
                 trace.mark_once(points.FIRST_DELTA)
-                self._deliver(on_delta, cached.text[start : start + size])
+                turn.parts.append(cached.text[start : start + size])
+                self._deliver(on_delta, turn.parts[-1])
                 trace.mark(points.LAST_DELTA)
-            text = cached.text if not turn.cancelled else ""
+            text = "".join(turn.parts)
             result = self._finish(turn, text, cached.finish_reason, cached.usage, None, model=model)
         else:
             release_db_connection()  # the stream does no database work, for seconds
             text, finish_reason, usage, error = self._stream(turn, request, on_delta)
             result = self._finish(turn, text, finish_reason, usage, error, model=model)
-            if use_cache and result.status == Message.Status.COMPLETE:
+            if use_cache and result.status == Message.Status.COMPLETE and not turn.refusal:
                 response_cache.store(request, text=text, finish_reason=finish_reason, usage=usage)
         self._remember(turn, memory, result.message.content)
         return result
@@ -423,7 +491,7 @@ class ChatPipeline:
     ) -> tuple[str, str | None, Usage | None, MpaiError | None]:
         """Call the provider and relay deltas; returns (text, finish_reason, usage, error)."""
         trace, common = turn.trace, {"user": turn.user, "conversation": turn.conversation}
-        parts: list[str] = []
+        parts = turn.parts
         finish_reason: str | None = None
         usage: Usage | None = None
         error: MpaiError | None = None
@@ -454,6 +522,7 @@ class ChatPipeline:
                     parts.append(chunk.text)
                     self._deliver(on_delta, chunk.text)
                 finish_reason = chunk.finish_reason or finish_reason
+                turn.refusal = turn.refusal or chunk.refusal
                 usage = chunk.usage or usage
         except MpaiError as exc:
             error = exc
@@ -511,18 +580,7 @@ class ChatPipeline:
         message.prompt_tokens = usage.prompt_tokens if usage else None
         message.completion_tokens = usage.completion_tokens if usage else None
         message.cached = trace.cached
-        message.save(
-            update_fields=[
-                "content",
-                "status",
-                "model",
-                "finish_reason",
-                "error_code",
-                "prompt_tokens",
-                "completion_tokens",
-                "cached",
-            ]
-        )
+        save_reply(message)
         trace.mark(points.SAVED)
         trace.mark(points.REQUEST_COMPLETE)
         return TurnResult(
@@ -534,13 +592,31 @@ class ChatPipeline:
             replayed=False,
             timings_ms=trace.timings_ms(),
             error=error,
+            refusal=turn.refusal,
         )
 
     def _replay(self, turn: ChatTurn, on_delta: DeltaCallback) -> TurnResult:
-        """Send the saved reply of an earlier send, waiting while it is still streaming."""
+        """Send the saved reply of an earlier send, waiting while it is still streaming.
+
+        The wait is bounded: it ends when the reply is saved, when the turn is cancelled
+        (the client left), when no live turn in any process owns the reply any more
+        (``mpai.chat.leases``: the reply is then marked ``error``), or after
+        ``MPAI["REPLAY_TIMEOUT_SECONDS"]`` (``provider_timeout``, the reply left as it
+        is). No database connection is held between reads.
+        """
         message = turn.assistant_message
+        deadline = time.monotonic() + float(mpai_settings.REPLAY_TIMEOUT_SECONDS)
+        poll = float(mpai_settings.REPLAY_POLL_SECONDS)
+        timed_out = False
         while message.status == Message.Status.STREAMING and not turn.cancelled:
-            time.sleep(self.replay_poll_interval)
+            if leases.fail_if_orphaned(message.pk):
+                message.refresh_from_db()
+                break
+            if time.monotonic() >= deadline:
+                timed_out = True
+                break
+            release_db_connection()
+            turn._cancelled.wait(min(poll, max(deadline - time.monotonic(), 0.0)))
             message.refresh_from_db()
         trace = turn.trace
         trace.mark(points.CONTEXT_BUILT)
@@ -551,8 +627,13 @@ class ChatPipeline:
         trace.mark(points.LAST_DELTA)
         trace.mark(points.SAVED)
         trace.mark(points.REQUEST_COMPLETE)
-        error = None
-        if message.status == Message.Status.ERROR:
+        error: MpaiError | None = None
+        if timed_out:
+            error = ProviderTimeout(
+                "The original reply is still being written; it will be in the history "
+                "when it is done."
+            )
+        elif message.status == Message.Status.ERROR:
             error = MpaiError("The original reply failed.")
             error.code = message.error_code or MpaiError.code
         usage = None

@@ -29,6 +29,16 @@ Outages: when Redis cannot be reached the limiter *fails open* (allows the reque
 is back, and only retries Redis every ``OUTAGE_BACKOFF`` seconds meanwhile. Rate
 limiting protects the provider budget; it must not turn a Redis outage into a chat
 outage (ARCHITECTURE.md "Read through, fail soft").
+
+A Redis that hangs (accepts connections, never answers) still holds the EVALSHA of a
+check the client gave up on, and runs it when it resumes: that would charge a request
+that was already let in for free, and refuse the user's next one. So each check
+carries a deadline on Redis' clock (when the client's read timeout ends, less a
+margin), and the script charges nothing when ``TIME`` is past it. The client knows
+Redis' clock as an offset from its monotonic clock, a lower bound taken from every
+reply (and one ``TIME`` before its first check), so a deadline is never later than
+the client's own give-up time; a reply that arrives yet says "too late" allows the
+request without a charge, like an outage.
 """
 
 from __future__ import annotations
@@ -168,14 +178,20 @@ def _take(
 
 
 # KEYS[1]: the bucket, a hash {tokens, ts}. ARGV: capacity (tokens), rate (tokens/s),
-# cost (tokens). Returns {allowed 0|1, remaining, retry_after} with the floats as strings
-# (Redis turns Lua numbers into integers). A rejection writes nothing.
+# cost (tokens), deadline (Redis-clock seconds; 0 = none). Returns {allowed 1|0|-1,
+# remaining, retry_after, now} with the floats as strings (Redis turns Lua numbers into
+# integers); -1: run after the deadline, nothing charged. A rejection writes nothing.
 LUA_TOKEN_BUCKET = """
 local capacity = tonumber(ARGV[1])
 local rate = tonumber(ARGV[2])
 local cost = tonumber(ARGV[3])
+local deadline = tonumber(ARGV[4]) or 0
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local clock = string.format('%.17g', now)
+if deadline > 0 and now > deadline then
+  return {-1, '0', '0', clock}
+end
 local state = redis.call('HMGET', KEYS[1], 'tokens', 'ts')
 local tokens = tonumber(state[1])
 local ts = tonumber(state[2])
@@ -189,7 +205,7 @@ local available = math.min(capacity, tokens + elapsed * rate)
 if available < cost then
   local wait = (cost - available) / rate
   if ts > now then wait = wait + (ts - now) end
-  return {0, string.format('%.17g', available), string.format('%.17g', wait)}
+  return {0, string.format('%.17g', available), string.format('%.17g', wait), clock}
 end
 local left = available - cost
 local new_ts = now
@@ -199,10 +215,26 @@ redis.call('HSET', KEYS[1], 'tokens', string.format('%.17g', left),
 local ttl_ms = math.ceil(((capacity - left) / rate + (new_ts - now)) * 1000)
 if ttl_ms < 1 then ttl_ms = 1 end
 redis.call('PEXPIRE', KEYS[1], ttl_ms)
-return {1, string.format('%.17g', left), '0'}
+return {1, string.format('%.17g', left), '0', clock}
 """
 
 LUA_TOKEN_BUCKET_SHA = hashlib.sha1(LUA_TOKEN_BUCKET.encode()).hexdigest()
+
+#: Share of the client's read timeout a check's script has to start in Redis; the rest
+#: covers the reply's way back, so a reply Redis sends in time is not given up on.
+DEADLINE_SHARE = 0.9
+#: Seconds after which a lower clock-offset sample replaces a higher one (Redis' clock
+#: was stepped back, or another server answers the same address).
+OFFSET_REFRESH = 10.0
+
+
+def _read_timeout(client: Any) -> float | None:
+    """The client's socket read timeout in seconds (None: it waits for ever)."""
+    kwargs = getattr(getattr(client, "connection_pool", None), "connection_kwargs", None)
+    timeout = kwargs.get("socket_timeout") if isinstance(kwargs, dict) else None
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0:
+        return None
+    return float(timeout)
 
 
 class _OutageGate:
@@ -271,6 +303,9 @@ class RedisTokenBucket(RateLimiter):
         self._client: Redis | None = client if isinstance(client, Redis) else None
         self._client_factory = None if isinstance(client, Redis) else client
         self._gate = _OutageGate(outage_backoff, "Redis")
+        # Redis' clock minus time.monotonic() (s), a lower bound; None until measured.
+        self._offset: float | None = None
+        self._offset_at = 0.0
 
     @classmethod
     def from_url(cls, url: str, **kwargs: Any) -> RedisTokenBucket:
@@ -307,27 +342,62 @@ class RedisTokenBucket(RateLimiter):
         return self._client
 
     def check(self, key: str, *, cost: float = 1) -> Decision:
+        """Take ``cost`` tokens (see :meth:`RateLimiter.check`).
+
+        One EVALSHA, plus one ``TIME`` before the first check (the clock offset). A
+        check the client gives up on (read timeout) fails open and charges nothing,
+        even if Redis runs its script later (module docs: a Redis that hangs).
+        """
         self._validate_cost(cost)
         if self._gate.closed():
             return self._fail_open()
         name = self.key_prefix + key
-        args = (self.capacity, self.refill_rate, cost)
         try:
             client = self.client
+            timeout = _read_timeout(client)
+            if timeout is not None and self._offset is None:
+                self._measure_offset(client)
             try:
-                reply = client.evalsha(LUA_TOKEN_BUCKET_SHA, 1, name, *args)
+                reply = client.evalsha(LUA_TOKEN_BUCKET_SHA, 1, name, *self._args(cost, timeout))
             except NoScriptError:
                 # First use on this server (or after a restart / SCRIPT FLUSH): EVAL
                 # runs the script and caches it, so the next check is one EVALSHA again.
-                reply = client.eval(LUA_TOKEN_BUCKET, 1, name, *args)
+                reply = client.eval(LUA_TOKEN_BUCKET, 1, name, *self._args(cost, timeout))
         except (RedisError, OSError) as exc:
             self._gate.failed(exc)
             return self._fail_open()
         self._gate.succeeded()
-        allowed, remaining, retry_after = cast(list[Any], reply)
+        allowed, remaining, retry_after, clock = cast(list[Any], reply)
+        self._sample_offset(float(clock))
+        if int(allowed) < 0:
+            # Redis ran the script after its deadline: nothing was charged, so the
+            # request goes ahead as in an outage (the client would have given up).
+            logger.debug("Rate limiter: a check reached Redis too late; allowed uncharged.")
+            return self._fail_open()
         return Decision(
             allowed=bool(allowed), remaining=float(remaining), retry_after=float(retry_after)
         )
+
+    def _args(self, cost: float, timeout: float | None) -> tuple[float, ...]:
+        """The script's ARGV: capacity, rate, cost and the deadline (0 = none)."""
+        deadline = 0.0
+        if timeout is not None and self._offset is not None:
+            deadline = time.monotonic() + self._offset + timeout * DEADLINE_SHARE
+        return (self.capacity, self.refill_rate, cost, deadline)
+
+    def _measure_offset(self, client: Redis) -> None:
+        seconds, micros = cast(tuple[int, int], client.time())
+        self._sample_offset(seconds + micros / 1_000_000)
+
+    def _sample_offset(self, redis_now: float) -> None:
+        # redis_now was read before this moment, so the sample is a lower bound of the
+        # true offset: the highest recent one is the closest (threads may race here;
+        # every sample is a valid bound).
+        now = time.monotonic()
+        sample = redis_now - now
+        if self._offset is None or sample > self._offset or now - self._offset_at > OFFSET_REFRESH:
+            self._offset = sample
+            self._offset_at = now
 
 
 # Serialises the read-compute-write of every CacheTokenBucket in this process (the

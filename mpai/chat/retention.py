@@ -6,8 +6,10 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from django.db import transaction
+from django.db.models import Q
 from django.utils import timezone
 
+from mpai.chat import leases
 from mpai.conf import mpai_settings
 from mpai.models import Conversation, Message
 
@@ -29,8 +31,9 @@ def delete_expired_history(
 ) -> CleanupResult:
     """Delete messages older than the retention period and conversations left empty.
 
-    Also marks replies stuck in ``streaming`` for over an hour (their process died)
-    as ``error`` with code ``internal_error``, keeping their text.
+    Also marks replies stuck in ``streaming`` with no live writer (their lease expired,
+    ``mpai.chat.leases``, or they started over an hour ago) as ``error`` with code
+    ``internal_error``, keeping their text.
 
     Args:
         now: the current time (injectable for tests); default ``timezone.now()``.
@@ -41,9 +44,16 @@ def delete_expired_history(
         days=days if days is not None else mpai_settings.HISTORY_RETENTION_DAYS
     )
     with transaction.atomic():
-        stale = Message.objects.filter(
-            status=Message.Status.STREAMING, created_at__lt=now - STALE_STREAMING
-        ).update(status=Message.Status.ERROR, error_code="internal_error")
+        # Streaming replies with no live writer: their lease expired, or (rows of a
+        # process that kept no heartbeat) they started over an hour ago.
+        stale = (
+            Message.objects.filter(
+                Q(status=Message.Status.STREAMING, created_at__lt=now - STALE_STREAMING)
+                | leases.orphaned()
+            )
+            .exclude(pk__in=leases.held())
+            .update(status=Message.Status.ERROR, error_code="internal_error")
+        )
         messages, _ = Message.objects.filter(created_at__lt=cutoff).delete()
         conversations, _ = Conversation.objects.filter(
             updated_at__lt=cutoff, messages__isnull=True

@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+import re
 import unicodedata
+from typing import Any
 
 from mpai.conf import mpai_settings
 from mpai.exceptions import InvalidMessage, MessageTooLong
 
 _ALLOWED_CONTROLS = frozenset("\n\r\t")
+
+# Longest ``page.url`` and ``page.title`` accepted (characters): 2,048 is the URL length
+# every browser and CDN handles; 300 is well past any title a tab can show.
+PAGE_URL_MAX_CHARS = 2048
+PAGE_TITLE_MAX_CHARS = 300
+_PAGE_LIMITS = (("url", PAGE_URL_MAX_CHARS), ("title", PAGE_TITLE_MAX_CHARS))
+# Unicode categories Cc (C0, DEL, C1) and Cs (surrogates, which cannot be encoded).
+_CONTROL_OR_SURROGATE = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
 
 
 def validate_content(content: object) -> str:
@@ -47,3 +57,35 @@ def validate_client_id(client_id: object) -> str | None:
     ):
         raise InvalidMessage("client_id must be a string of 1 to 64 printable characters.")
     return client_id
+
+
+def validate_page(page: object) -> dict[str, Any] | None:
+    """Return the page the user is on as ``{"url"?: str, "title"?: str}``, or None.
+
+    The optional ``page`` field of a chat message (README, "Websocket"): an object with
+    an optional ``url`` (at most 2,048 characters) and ``title`` (at most 300); keys
+    other than these two are dropped, and so are ``null`` values. Neither may hold
+    control characters (tabs and newlines included) or lone surrogates, which no
+    encoder can write to the database or the provider.
+
+    Raises:
+        InvalidMessage: ``page`` is present but not an object, or a field is not a
+            string, is too long, or holds control characters; the detail names it.
+    """
+    if page is None:
+        return None
+    if not isinstance(page, dict):
+        raise InvalidMessage("page must be an object with optional url and title strings.")
+    clean: dict[str, Any] = {}
+    for key, limit in _PAGE_LIMITS:
+        value = page.get(key)
+        if value is None:
+            continue
+        if not isinstance(value, str):
+            raise InvalidMessage(f"page.{key} must be a string.")
+        if len(value) > limit:
+            raise InvalidMessage(f"page.{key} is longer than {limit} characters.")
+        if _CONTROL_OR_SURROGATE.search(value):
+            raise InvalidMessage(f"page.{key} contains control characters.")
+        clean[key] = value
+    return clean

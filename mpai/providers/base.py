@@ -61,31 +61,45 @@ class StreamChunk:
     """One parsed piece of a stream.
 
     Attributes:
-        text: the content delta (may be empty, e.g. a role-only first chunk).
+        text: the reply delta (may be empty, e.g. a role-only first chunk): the content
+            delta, or the refusal delta when ``refusal`` is set.
         finish_reason: set on the chunk that ends the choice.
         usage: set on the usage chunk (often a final chunk with empty ``choices``).
+        refusal: ``text`` is refusal text (Chat Completions ``delta.refusal``, sent instead
+            of ``delta.content`` when the model refuses). The reply is a refusal when any
+            of its chunks has this set; the refusal text is the reply all the same.
     """
 
     text: str = ""
     finish_reason: str | None = None
     usage: Usage | None = None
+    refusal: bool = False
 
 
 @dataclass(frozen=True, slots=True)
 class Completion:
-    """A whole non-streamed reply."""
+    """A whole non-streamed reply.
+
+    Attributes:
+        text: the reply (``message.content``, or ``message.refusal`` for a refusal).
+        refusal: the model refused; ``text`` is its refusal.
+    """
 
     text: str
     finish_reason: str | None
     usage: Usage | None
     model: str
+    refusal: bool = False
 
 
 class ChatStream(abc.ABC):
     """An open streamed reply: headers received, body not read yet.
 
     Iterate it for :class:`StreamChunk` objects; :meth:`close` stops reading and
-    releases the connection (the stop button). Usable as a context manager.
+    releases the connection (the stop button). Usable as a context manager. A stream
+    whose body ends before the reply finished (no ``finish_reason`` and no end marker)
+    raises :class:`mpai.exceptions.ProviderUnavailable` after its last chunk, as a broken
+    connection does; one ended by :meth:`close` just stops.
 
     Attributes:
         attempts: HTTP requests made to open it (1 + retries).
@@ -139,9 +153,11 @@ class ChatProvider(abc.ABC):
         parts: list[str] = []
         finish_reason: str | None = None
         usage: Usage | None = None
+        refusal = False
         with self.open_stream(request) as stream:
             for chunk in stream:
                 parts.append(chunk.text)
                 finish_reason = chunk.finish_reason or finish_reason
                 usage = chunk.usage or usage
-        return Completion("".join(parts), finish_reason, usage, request.model)
+                refusal = refusal or chunk.refusal
+        return Completion("".join(parts), finish_reason, usage, request.model, refusal)

@@ -216,15 +216,19 @@ class OpenAIProvider(ChatProvider):
 class OpenAIStream(ChatStream):
     """An open streamed reply; iterate it once for :class:`StreamChunk` objects.
 
-    Chunks are parsed by :func:`mpai.providers.sse.parse_chunk` (empty ones skipped).
-    Iteration ends at ``data: [DONE]``, quietly when the body ends without it, and
+    Chunks are parsed by :func:`mpai.providers.sse.parse_chunk` (empty ones skipped);
+    a refusal (``delta.refusal``) comes as text chunks with ``refusal`` set. Iteration
+    ends at ``data: [DONE]``; when the body ends without it, quietly if a
+    ``finish_reason`` arrived (some servers omit ``[DONE]``), otherwise the reply was cut
+    off and :class:`ProviderUnavailable` is raised after the chunks received. It ends
     quietly after :meth:`close`.
 
     Raises (while iterating):
         ProviderStreamError: ``event: error``, an error object, or unparseable data;
             ``status`` is the error object's numeric ``code`` when it has one.
         ProviderTimeout: no byte arrived for ``read_timeout`` seconds.
-        ProviderUnavailable: the connection broke mid-stream (reset, truncated body).
+        ProviderUnavailable: the connection broke mid-stream (reset, truncated chunked
+            body), or the body ended with neither ``[DONE]`` nor a ``finish_reason``.
 
     Attributes:
         attempts: HTTP requests made to open it (1 + retries).
@@ -307,9 +311,10 @@ class OpenAIStream(ChatStream):
                 body = b"".join(iter(self._read, b"")).decode("utf-8", "replace")
                 if not self._closed:
                     reply = parse_completion(loads(body), "")
-                    yield StreamChunk(reply.text, reply.finish_reason, reply.usage)
+                    yield StreamChunk(reply.text, reply.finish_reason, reply.usage, reply.refusal)
                 return
             parser = SSEParser()
+            finished = False  # a finish_reason arrived
             while data := self._read():
                 try:
                     events = parser.feed(data)
@@ -321,7 +326,15 @@ class OpenAIStream(ChatStream):
                         self._drain()
                         return
                     if isinstance(chunk, StreamChunk):
+                        finished = finished or chunk.finish_reason is not None
                         yield chunk
+            with self._lock:
+                closed = self._closed
+            if not closed and not finished:
+                raise ProviderUnavailable(
+                    provider_message="stream ended before the reply finished"
+                    " (no finish_reason, no [DONE])"
+                )
         finally:
             with self._lock:
                 self._closed = True

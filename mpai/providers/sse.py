@@ -11,8 +11,9 @@ stream is discarded.
 
 Payloads (:func:`parse_chunk`, :func:`parse_completion`) are OpenAI Chat Completions
 objects (https://platform.openai.com/docs/api-reference/chat-streaming):
-``chat.completion.chunk`` with ``choices[0].delta.content`` and ``finish_reason``, a
-final ``usage`` chunk with empty ``choices``, ``data: [DONE]``; errors arrive as
+``chat.completion.chunk`` with ``choices[0].delta.content`` (or ``delta.refusal`` when
+the model refuses) and ``finish_reason``, a final ``usage`` chunk with empty
+``choices``, ``data: [DONE]``; errors arrive as
 ``{"error": {"message", "type", "code"}}``, as ``event: error``, or (vLLM) as
 ``{"object": "error", "message", "code"}``.
 
@@ -155,6 +156,9 @@ def parse_chunk(event: SSEEvent) -> StreamChunk | object | None:
     """Turn one event into a :class:`StreamChunk`, :data:`DONE`, or None when it carries
     no text, finish reason or usage (role-only first chunks, empty deltas).
 
+    A non-empty ``delta.refusal`` is the chunk's text (after any ``delta.content``) and
+    sets ``refusal``.
+
     ``finish_reason`` is normalised to stop/length/tool_calls/content_filter (legacy
     ``function_call`` is tool_calls, unknown values are stop). Only choice index 0 counts.
 
@@ -168,17 +172,19 @@ def parse_chunk(event: SSEEvent) -> StreamChunk | object | None:
     raise_error_object(payload, event.data, always=event.event == "error")
     choices = [c for c in payload.get("choices") or [] if isinstance(c, dict)]
     choice = next((c for c in choices if c.get("index", 0) == 0), {})
-    delta = choice.get("delta") or {}
-    text = delta.get("content") if isinstance(delta, dict) else None
+    delta = choice.get("delta")
+    content, refusal = _text(delta, "content"), _text(delta, "refusal")
     finish_reason = _finish_reason(choice.get("finish_reason"))
     usage = _usage(payload.get("usage"))
-    if not text and finish_reason is None and usage is None:
+    if not content and not refusal and finish_reason is None and usage is None:
         return None
-    return StreamChunk(text if isinstance(text, str) else "", finish_reason, usage)
+    return StreamChunk(content + refusal, finish_reason, usage, refusal=bool(refusal))
 
 
 def parse_completion(payload: dict[str, Any], model: str) -> Completion:
     """A ``chat.completion`` object as a :class:`Completion` (``model`` if it names none).
+
+    A non-empty ``message.refusal`` is the text (after any ``content``) and sets ``refusal``.
 
     Raises:
         ProviderStreamError: the payload is an error object.
@@ -186,13 +192,14 @@ def parse_completion(payload: dict[str, Any], model: str) -> Completion:
     raise_error_object(payload, json.dumps(payload))
     choices = payload.get("choices") or [{}]
     choice = choices[0] if isinstance(choices[0], dict) else {}
-    reply = choice.get("message") or {}
-    text = reply.get("content") if isinstance(reply, dict) else None
+    reply = choice.get("message")
+    content, refusal = _text(reply, "content"), _text(reply, "refusal")
     return Completion(
-        text if isinstance(text, str) else "",
+        content + refusal,
         _finish_reason(choice.get("finish_reason")),
         _usage(payload.get("usage")),
         str(payload.get("model") or model),
+        refusal=bool(refusal),
     )
 
 
@@ -225,6 +232,12 @@ def error_fields(payload: Any, raw: str) -> tuple[str, Any]:
         message = error.get("message") or error.get("detail") or payload.get("message")
         return str(message or raw[:500]), error.get("code") or error.get("type")
     return raw[:500], None
+
+
+def _text(message: Any, name: str) -> str:
+    """``message[name]`` when ``message`` is a dict and that is a string, else ""."""
+    value = message.get(name) if isinstance(message, dict) else None
+    return value if isinstance(value, str) else ""
 
 
 def _finish_reason(value: Any) -> str | None:

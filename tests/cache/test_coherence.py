@@ -53,7 +53,14 @@ def test_a_set_and_a_delete_reach_the_other_process_l1(
     here: LayeredCache, make_peer: Callable[[], Peer]
 ) -> None:
     peer = make_peer()
+    received = peer.request(op="stats")["stats"]["memory"]["invalidations_received"]
     here.set("k", "v1", 300)
+    # The set's own invalidation must have reached the peer before it reads: arriving
+    # after the read, it would drop the entry that read put into the peer's L1.
+    wait_until(
+        lambda: peer.request(op="stats")["stats"]["memory"]["invalidations_received"] > received,
+        what="the peer to receive the invalidation of the first set",
+    )
     assert peer.request(op="get", key="k") == {"value": "v1"}
     hits = peer.request(op="stats")["stats"]["memory"]["hits"]
     assert peer.request(op="get", key="k") == {"value": "v1"}

@@ -11,16 +11,19 @@ import logging
 import os
 import pickle
 import signal
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
 import pytest
-from django.db import OperationalError
+from django.core.cache import caches
+from django.db import OperationalError, connections
 
 from mpai.cache import LayeredCache
 from mpai.cache.layers import SharedLayer
+from tests.cache.conftest import layered_params
 from tests.waiting import wait_until
 
 pytestmark = pytest.mark.django_db
@@ -250,3 +253,151 @@ def test_a_bad_value_for_one_layer_does_not_open_its_breaker(configure: Any) -> 
     assert stats["errors"] == 5
     assert stats["state"] == "closed"
     assert cache.get("k3") == 3
+
+
+# -- a hung Redis: it accepts connections and never answers (SIGSTOP) -------------------
+
+
+@contextmanager
+def redis_hung(redis_server: Any) -> Iterator[None]:
+    """Stop the private server's process: connections are accepted by the kernel and
+    every command times out, until SIGCONT."""
+    os.kill(redis_server.process.pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        os.kill(redis_server.process.pid, signal.SIGCONT)
+
+
+def in_thread(fn: Any, timeout: float) -> Any:
+    """Run ``fn`` in a daemon thread; return its result, or fail after ``timeout`` s."""
+    result: list[Any] = []
+
+    def run() -> None:
+        try:
+            result.append(fn())
+        finally:
+            connections.close_all()  # this thread's database connection
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    assert result, f"no answer within {timeout} s"
+    return result[0]
+
+
+@contextmanager
+def recorded_calls(backend: Any) -> Iterator[list[tuple[str, str]]]:
+    """Record ``(method, thread name)`` for every call to ``backend``'s main methods."""
+    calls: list[tuple[str, str]] = []
+    names = ["get", "get_many", "set", "set_many", "add", "delete", "delete_many"]
+
+    def recording(name: str) -> Any:
+        original = getattr(backend, name)
+
+        def record(*args: Any, **kwargs: Any) -> Any:
+            calls.append((name, threading.current_thread().name))
+            return original(*args, **kwargs)
+
+        return record
+
+    for name in names:
+        setattr(backend, name, recording(name))
+    try:
+        yield calls
+    finally:
+        for name in names:
+            delattr(backend, name)
+
+
+# The Redis layer as django-redis (the default) and as Django's own RedisCache, both
+# with the timeouts the layered cache gives a Redis layer that sets none.
+REDIS_BACKENDS = {
+    "django_redis": "django_redis.cache.RedisCache",
+    "django": "django.core.cache.backends.redis.RedisCache",
+}
+
+
+@pytest.mark.django_db(transaction=True)  # the reads run in a thread of their own
+@pytest.mark.parametrize("backend", list(REDIS_BACKENDS))
+def test_a_key_held_by_the_database_is_read_from_it_while_redis_hangs(
+    settings: Any, redis_db: str, cache_table: str, redis_server: Any, backend: str
+) -> None:
+    params = layered_params(redis_db, cache_table, f"hung-{backend}", **OUTAGE_OPTIONS)
+    params["OPTIONS"]["LAYERS"][1] = {
+        "NAME": "redis",
+        "BACKEND": REDIS_BACKENDS[backend],
+        "LOCATION": redis_db,
+    }
+    settings.CACHES = {"default": params}
+    cache = caches["default"]
+    assert cache.wait_ready(10.0)
+    cache.set("k", "v", 300)
+    cache.set_many({"a": 1, "b": 2}, 300)
+    with redis_hung(redis_server):
+        cache._stack.store.clear()  # L1 cannot answer: Redis, then the database
+        # Redis hangs until the end of the block; the reads must not wait for it.
+        assert in_thread(lambda: cache.get("k"), 10.0) == "v"
+        assert in_thread(lambda: cache.get_many(["a", "b", "missing"]), 10.0) == {"a": 1, "b": 2}
+        assert in_thread(lambda: cache.has_key("k"), 10.0) is True
+        stats = cache.stats()
+    assert stats["redis"]["errors"] >= 1  # the hang is counted as errors, not misses
+    assert stats["redis"]["hits"] == stats["redis"]["misses"] == 0
+    assert stats["database"]["hits"] == 4
+
+
+def test_a_read_that_finds_redis_hanging_does_not_also_try_to_fill_it(
+    configure: Any, redis_server: Any
+) -> None:
+    cache = configure(**{**OUTAGE_OPTIONS, "BREAKER_FAILURES": 5})
+    cache.set("k", "v", 300)
+    redis = layer(cache, "redis")
+    with redis_hung(redis_server), recorded_calls(redis.backend) as calls:
+        cache._stack.store.clear()
+        assert cache.get("k") == "v"  # from the database
+    # One timeout, not two: the value found in the database is not copied into the
+    # layer that has just failed this very read.
+    assert calls == [("get", threading.current_thread().name)]
+    assert cache.stats()["redis"]["errors"] == 1
+
+
+def test_once_the_breaker_opens_reads_skip_a_hanging_redis_and_it_is_probed_elsewhere(
+    configure: Any, redis_server: Any
+) -> None:
+    cache = configure(**OUTAGE_OPTIONS)
+    for i in range(5):
+        cache.set(f"k{i}", i, 300)
+    redis = layer(cache, "redis")
+    reader = threading.current_thread().name
+    with redis_hung(redis_server):
+
+        def read_all() -> bool:
+            for i in range(5):
+                cache._stack.store.clear()
+                assert cache.get(f"k{i}") == i
+            return cache.stats()["redis"]["state"] != "closed"
+
+        wait_until(read_all, what="the Redis breaker to open")
+        skipped = cache.stats()["redis"]["skipped"]
+        reads = 0
+        with recorded_calls(redis.backend) as calls:
+
+            def probed_twice() -> bool:
+                nonlocal reads
+                for i in range(5):
+                    cache._stack.store.clear()
+                    assert cache.get(f"k{i}") == i
+                    reads += 1
+                # Each BREAKER_RESET (0.2 s) one probe of the hanging layer is due.
+                return sum(1 for name, _ in calls if name == "get") >= 2
+
+            wait_until(probed_twice, what="two probes of the hanging Redis layer")
+        stats = cache.stats()["redis"]
+    # The probes ran, but never on the reading thread: no read waited on the socket
+    # timeout, each one skipped the layer and was answered by the database.
+    assert calls
+    assert all(thread != reader for _, thread in calls)
+    assert stats["state"] in {"open", "half_open"}
+    assert stats["skipped"] >= skipped + reads
+    assert stats["outages"] == 1
+    wait_until(lambda: cache.get("k0") == 0 and cache.stats()["redis"]["state"] == "closed")

@@ -6,10 +6,12 @@ from typing import Any
 
 import pytest
 
-import mpai.cache
 from mpai.cache import grouped
 from mpai.cache.receivers import connect_receivers
+from mpai.chat import scoped_cache
+from mpai.chat.usercontext import store_user_context
 from mpai.signals import membership_changed
+from mpai.site_identity import site_identity
 
 pytestmark = pytest.mark.django_db
 
@@ -23,11 +25,11 @@ def cache(configure: Any, settings: Any) -> Any:
 
 
 def cached_context(user: Any) -> Any:
-    return mpai.cache.get(str(user.pk), group=grouped.USER_CONTEXT)
+    return scoped_cache.get(str(user.pk), grouped.USER_CONTEXT, owner=user.pk)
 
 
 def remember_context(user: Any) -> None:
-    mpai.cache.set(str(user.pk), {"name": user.username}, group=grouped.USER_CONTEXT)
+    store_user_context(user, {"name": user.username})
 
 
 def test_saving_the_user_invalidates_its_context(cache: Any, user: Any, make_user: Any) -> None:
@@ -44,7 +46,7 @@ def test_deleting_the_user_invalidates_its_context(cache: Any, user: Any) -> Non
     remember_context(user)
     pk = user.pk
     user.delete()
-    assert mpai.cache.get(str(pk), group=grouped.USER_CONTEXT) is None
+    assert scoped_cache.get(str(pk), grouped.USER_CONTEXT, owner=pk) is None
 
 
 def test_membership_changed_invalidates_the_context(cache: Any, user: Any) -> None:
@@ -83,7 +85,8 @@ def test_connect_receivers_is_idempotent(cache: Any, user: Any) -> None:
         membership_changed.send(sender=object, user=user)
     finally:
         grouped.delete = original
-    assert deletes == [str(user.pk)]  # one receiver, not three (on_commit runs later)
+    # One receiver, not three (on_commit runs later).
+    assert deletes == [f"{site_identity()}:{user.pk}"]
 
 
 def test_a_receiver_never_raises(cache: Any, user: Any, monkeypatch: Any) -> None:

@@ -115,8 +115,10 @@ def test_rate_limit_rejects_with_retry_after_and_saves_nothing(settings, user):
     assert excinfo.value.code == "rate_limited"
     assert 0 < excinfo.value.retry_after <= 100
     assert Message.objects.filter(content="three").count() == 0
-    # A resend of an earlier client_id is a replay, not a new message: not limited.
-    assert pipeline.start(user=user, content="one", client_id="a").replayed
+    # A resend of an earlier client_id counts too: each one may wait for a reply, so
+    # unlimited resends could tie up the process.
+    with pytest.raises(RateLimited):
+        pipeline.start(user=user, content="one", client_id="a")
 
 
 def test_query_alone_over_the_budget_is_too_long(settings, user):
@@ -201,8 +203,7 @@ def test_two_connections_on_one_conversation_see_each_others_turns(
 def test_a_connections_memory_is_reloaded_when_the_conversation_moved_on(
     http_pipeline, user, seen_contexts
 ):
-    from mpai import cache as mpai_cache
-    from mpai.chat.pipeline import CONVERSATION_CONTEXT
+    from mpai.chat.history_cache import delete_conversation_context
 
     tab_a, tab_b = http_pipeline, ChatPipeline()
     turn, _, _ = chat(tab_a, user, "from tab A")
@@ -210,6 +211,6 @@ def test_a_connections_memory_is_reloaded_when_the_conversation_moved_on(
     chat(tab_b, user, "from tab B", conversation_id=conversation_id)
     # The shared cached context expired (15 minutes): tab A's live memory is older
     # than the conversation, so it is read again from the database.
-    mpai_cache.delete(str(conversation_id), group=CONVERSATION_CONTEXT)
+    delete_conversation_context(Conversation.objects.get(pk=conversation_id))
     chat(tab_a, user, "A again", conversation_id=conversation_id)
     assert "from tab B" in [m["content"] for m in seen_contexts[-1]["messages"]]

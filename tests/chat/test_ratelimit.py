@@ -11,6 +11,7 @@ import io
 import logging
 import math
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -41,6 +42,7 @@ from mpai.chat.ratelimit import (
     rate_limit_settings,
 )
 from mpai.exceptions import RateLimited
+from tests.redis_server import RedisServer
 from tests.waiting import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -411,6 +413,75 @@ def test_outage_backoff_skips_redis_until_it_expires(redis_server, redis_url, pr
         redis_server.start()
     # Redis is back, but the limiter does not try it again within the back-off.
     assert all(bucket.check("k").fail_open for _ in range(3))
+
+
+@pytest.fixture
+def own_redis() -> Iterator[RedisServer]:
+    """A redis-server of the test's own, to hang (SIGSTOP) and resume (SIGCONT)."""
+    server = RedisServer()
+    server.start()
+    yield server
+    assert server.process is not None
+    os.kill(server.process.pid, signal.SIGCONT)  # in case the test stopped half-way
+    server.stop()
+
+
+def _scripts_run(client: redis.Redis) -> int:
+    return int(client.info("commandstats").get("cmdstat_evalsha", {}).get("calls", 0))
+
+
+@pytest.mark.parametrize("connection", ["url", "cache"])
+def test_a_check_given_up_on_charges_nothing_when_a_hung_redis_resumes(
+    connection, own_redis, settings, prefix
+):
+    url = f"{own_redis.url}/0"
+    options = {"capacity": 2, "refill_rate": SLOW, "key_prefix": prefix, "outage_backoff": 0}
+    if connection == "url":
+        bucket = RedisTokenBucket.from_url(url, **options)  # 0.5 s read timeout
+    else:
+        settings.CACHES = {
+            **settings.CACHES,
+            "rl": {
+                "BACKEND": "django_redis.cache.RedisCache",
+                "LOCATION": url,
+                "OPTIONS": {"SOCKET_CONNECT_TIMEOUT": 0.5, "SOCKET_TIMEOUT": 0.5},
+            },
+        }
+        bucket = RedisTokenBucket.from_cache("rl", **options)
+    raw = redis.Redis.from_url(url)
+    assert bucket.check("k").allowed  # one token left
+    scripts = _scripts_run(raw)
+    assert own_redis.process is not None
+    os.kill(own_redis.process.pid, signal.SIGSTOP)  # accepts connections, never answers
+    try:
+        during = bucket.check("k")  # sent, then given up on after the read timeout
+    finally:
+        os.kill(own_redis.process.pid, signal.SIGCONT)
+    assert during.allowed
+    assert during.fail_open
+    # Redis resumes and runs the script the client gave up on: it must charge nothing.
+    wait_for(lambda: _scripts_run(raw) > scripts, what="Redis to run the late script")
+    assert float(raw.hget(prefix + "k", "tokens")) == pytest.approx(1, abs=0.01)
+    after = [bucket.check("k") for _ in range(2)]
+    raw.close()
+    assert [d.allowed for d in after] == [True, False]  # the token left, then empty
+    assert not any(d.fail_open for d in after)
+
+
+def test_a_script_run_after_its_deadline_charges_nothing(make_bucket, raw, prefix):
+    from mpai.chat.ratelimit import LUA_TOKEN_BUCKET
+
+    seconds, micros = raw.time()
+    now = seconds + micros / 1e6
+    stale = raw.eval(LUA_TOKEN_BUCKET, 1, prefix + "k", 2, SLOW, 1, repr(now - 1))
+    assert int(stale[0]) == -1
+    assert raw.exists(prefix + "k") == 0  # nothing written
+    fresh = raw.eval(LUA_TOKEN_BUCKET, 1, prefix + "k", 2, SLOW, 1, repr(now + 60))
+    assert int(fresh[0]) == 1
+    assert float(fresh[1]) == pytest.approx(1, abs=0.01)
+    assert float(fresh[3]) >= now  # Redis' clock, for the client's offset
+    unbounded = raw.eval(LUA_TOKEN_BUCKET, 1, prefix + "k", 2, SLOW, 1, 0)
+    assert int(unbounded[0]) == 1
 
 
 # --- choosing the backend, enforce() ---------------------------------------------------

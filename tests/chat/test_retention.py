@@ -46,8 +46,20 @@ def test_retention_days_come_from_settings(user, settings):
 def test_stale_streaming_replies_are_closed_with_their_text(user):
     conversation = Conversation.objects.create(owner=user)
     stale = message(user, conversation, timedelta(hours=2), status="streaming")
-    live = message(user, conversation, timedelta(minutes=1), status="streaming")
-    assert delete_expired_history().stale_streams_closed == 1
+    live = message(
+        user, conversation, timedelta(minutes=1), status="streaming", heartbeat_at=timezone.now()
+    )
+    # Started a minute ago, but its process stopped beating 40 s ago.
+    lost = message(
+        user,
+        conversation,
+        timedelta(minutes=1),
+        status="streaming",
+        heartbeat_at=timezone.now() - timedelta(seconds=40),
+    )
+    assert delete_expired_history().stale_streams_closed == 2
+    lost.refresh_from_db()
+    assert lost.status == "error"
     stale.refresh_from_db()
     live.refresh_from_db()
     assert (stale.status, stale.error_code, stale.content) == ("error", "internal_error", "x")

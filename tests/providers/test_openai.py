@@ -227,6 +227,97 @@ def test_stream_without_done_ends_cleanly(fake_openai: FakeOpenAI, make_provider
     assert chunks[-1].usage is not None
 
 
+def test_refusal_deltas_are_streamed_as_text_marked_refusal(
+    fake_openai: FakeOpenAI, make_provider: MakeProvider
+):
+    fake_openai.stream_refusal(["I can't ", "help with that."], usage=(5, 4))
+    chunks = read_all(make_provider().open_stream(REQUEST))
+    assert chunks == [
+        StreamChunk("I can't ", refusal=True),
+        StreamChunk("help with that.", refusal=True),
+        StreamChunk("", "stop"),
+        StreamChunk("", usage=Usage(5, 4, 9)),
+    ]
+
+
+def test_an_ordinary_reply_has_no_chunk_marked_refusal(
+    fake_openai: FakeOpenAI, make_provider: MakeProvider
+):
+    fake_openai.stream_reply(["fine"])  # its role chunk carries "refusal": null
+    chunks = read_all(make_provider().open_stream(REQUEST))
+    assert text_of(chunks) == "fine"
+    assert not any(chunk.refusal for chunk in chunks)
+
+
+def test_non_streamed_refusal_is_the_completion_text(
+    fake_openai: FakeOpenAI, make_provider: MakeProvider
+):
+    fake_openai.stream_refusal(["No."])
+    reply = make_provider().complete(REQUEST)
+    assert (reply.text, reply.refusal, reply.finish_reason) == ("No.", True, "stop")
+
+
+def test_refusal_from_a_server_ignoring_the_stream_flag_is_marked(
+    fake_openai: FakeOpenAI, make_provider: MakeProvider
+):
+    message = {"role": "assistant", "content": None, "refusal": "No."}
+    body = {"object": "chat.completion", "choices": [{"message": message, "finish_reason": "stop"}]}
+    fake_openai.stream_raw([json.dumps(body)], content_type="application/json")
+    chunks = read_all(make_provider().open_stream(REQUEST))
+    assert chunks == [StreamChunk("No.", "stop", refusal=True)]
+
+
+def test_body_ending_without_finish_reason_or_done_raises_unavailable_after_the_text(
+    fake_openai: FakeOpenAI, make_provider: MakeProvider
+):
+    fake_openai.stream_truncated(["Half ", "a reply"])
+    got: list[str] = []
+    stream = make_provider().open_stream(REQUEST)
+    with stream, pytest.raises(ProviderUnavailable) as info:
+        got.extend(chunk.text for chunk in stream)
+    assert got == ["Half ", "a reply"]
+    assert info.value.status is None
+    assert "ended before the reply finished" in (info.value.provider_message or "")
+
+
+@pytest.mark.parametrize("finish", ["stop", "length"])
+def test_body_ending_after_a_finish_reason_without_done_is_complete(
+    fake_openai: FakeOpenAI, make_provider: MakeProvider, finish: str
+):
+    fake_openai.stream_truncated(["Whole ", "reply"], finish_reason=finish)
+    chunks = read_all(make_provider().open_stream(REQUEST))
+    assert chunks == [StreamChunk("Whole "), StreamChunk("reply"), StreamChunk("", finish)]
+
+
+def test_done_without_a_finish_reason_is_complete(
+    fake_openai: FakeOpenAI, make_provider: MakeProvider
+):
+    fake_openai.stream_raw([sse(delta("a")), "data: [DONE]\n\n"])
+    assert read_all(make_provider().open_stream(REQUEST)) == [StreamChunk("a")]
+
+
+@pytest.mark.parametrize(
+    "pieces",
+    [[], [sse(delta(None, role="assistant"))], [": keep-alive\n\n"]],
+    ids=["empty-body", "role-chunk-only", "comment-only"],
+)
+def test_body_ending_with_no_reply_at_all_raises_unavailable(
+    fake_openai: FakeOpenAI, make_provider: MakeProvider, pieces: list[str]
+):
+    fake_openai.stream_raw(pieces)
+    with pytest.raises(ProviderUnavailable):
+        read_all(make_provider().open_stream(REQUEST))
+
+
+def test_body_cut_inside_the_finish_reason_event_raises_unavailable(
+    fake_openai: FakeOpenAI, make_provider: MakeProvider
+):
+    # An unfinished event is discarded (WHATWG SSE), so its finish_reason never arrived.
+    fake_openai.stream_raw([sse(delta("a")), f"data: {json.dumps(delta(None, 'stop'))}\n"])
+    with pytest.raises(ProviderUnavailable):
+        read_all(make_provider().open_stream(REQUEST))
+
+
 def test_connection_dropped_mid_stream_raises_unavailable(
     fake_openai: FakeOpenAI, make_provider: MakeProvider
 ):

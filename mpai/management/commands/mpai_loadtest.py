@@ -4,6 +4,10 @@ Run it in the server's project and database: it creates (or reuses) the users
 ``mpai-load-<i>`` and a session for each, then runs ``--users`` concurrent clients of
 ``--messages`` turns each and prints counts, throughput and median/p95/p99 latencies
 in ms. The logic and the report's fields are in :mod:`mpai.loadtest`.
+
+It needs the ``websockets`` client, which mpai installs only with its ``loadtest``
+extra (``pip install "mpai[loadtest]"``); without it the command stops with a
+``CommandError`` saying so.
 """
 
 from __future__ import annotations
@@ -14,7 +18,26 @@ from urllib.parse import urlsplit
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from mpai import loadtest
+#: What the command needs beyond mpai's own dependencies (the ``loadtest`` extra).
+MISSING_CLIENT = (
+    "mpai_loadtest needs the websockets package, which mpai installs only with its "
+    'loadtest extra: pip install "mpai[loadtest]"'
+)
+
+
+def import_loadtest() -> Any:
+    """Import :mod:`mpai.loadtest`.
+
+    Raises:
+        CommandError: ``websockets`` is not installed (naming ``mpai[loadtest]``).
+    """
+    try:
+        from mpai import loadtest
+    except ModuleNotFoundError as exc:
+        if exc.name is not None and exc.name.split(".")[0] == "websockets":
+            raise CommandError(MISSING_CLIENT) from exc
+        raise
+    return loadtest
 
 
 class Command(BaseCommand):
@@ -77,6 +100,7 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
+        loadtest = import_loadtest()
         url = options["url"]
         if urlsplit(url).scheme not in ("ws", "wss"):
             raise CommandError("--url must start with ws:// or wss://.")

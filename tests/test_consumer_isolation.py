@@ -1,0 +1,57 @@
+"""One user's streams never hold up another user's new turn (head-of-line blocking)."""
+
+from __future__ import annotations
+
+import pytest
+from channels.db import database_sync_to_async
+from channels.routing import URLRouter
+from channels.testing import WebsocketCommunicator
+
+from mpai.models import Message
+from mpai.routing import websocket_urlpatterns
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+async def open_socket(user) -> WebsocketCommunicator:
+    communicator = WebsocketCommunicator(URLRouter(websocket_urlpatterns), "/ws/mpai/chat/")
+    communicator.scope["user"] = user
+    connected, _ = await communicator.connect()
+    assert connected
+    return communicator
+
+
+async def test_a_new_turn_starts_while_every_stream_thread_is_busy(settings, make_user):
+    settings.MPAI = {
+        **settings.MPAI,
+        "STREAM_WORKERS": 1,
+        "PROVIDER": {
+            "BACKEND": "mpai.providers.offline.OfflineProvider",
+            # About 6 s of reply: it holds the only stream thread for the whole test.
+            "OPTIONS": {"first_token_ms": 0, "tokens_per_second": 20, "reply": "word " * 120},
+        },
+    }
+    first_user, second_user = await database_sync_to_async(lambda: (make_user(), make_user()))()
+    first = await open_socket(first_user)
+    await first.send_json_to({"type": "chat.message", "conversation": None, "content": "long"})
+    started = await first.receive_json_from(timeout=10)
+    assert started["type"] == "chat.started"
+    await first.receive_json_from(timeout=10)  # a delta: the stream thread is taken
+
+    second = await open_socket(second_user)
+    await second.send_json_to({"type": "chat.message", "conversation": None, "content": "hi"})
+    frame = await second.receive_json_from(timeout=10)
+    assert frame["type"] == "chat.started"
+    # The first reply is still streaming: the second turn did not wait for it.
+    status = (
+        await Message.objects.filter(pk=started["message"]).values_list("status", flat=True).aget()
+    )
+    assert status == "streaming"
+    await first.send_json_to({"type": "chat.cancel"})
+    for socket in (first, second):
+        while (await socket.receive_json_from(timeout=20))["type"] not in (
+            "chat.completed",
+            "chat.error",
+        ):
+            pass
+        await socket.disconnect()

@@ -1,0 +1,51 @@
+"""mpai.relay.FrameRelay: frames from a worker thread, bounded in bytes."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+from mpai.relay import FrameRelay
+
+
+async def test_frames_arrive_in_order_and_the_final_one_is_marked():
+    loop = asyncio.get_running_loop()
+    relay = FrameRelay(loop, max_bytes=1 << 20, stall_seconds=5)
+
+    def work():
+        for i in range(50):
+            relay.put_delta(f"d{i} ")
+        relay.put_final({"type": "chat.completed"})
+        relay.finish()
+
+    worker = loop.run_in_executor(None, work)
+    received = [(json.loads(text), final) async for text, final in relay.frames()]
+    await worker
+    assert [frame.get("text") for frame, _ in received[:-1]] == [f"d{i} " for i in range(50)]
+    assert received[-1] == ({"type": "chat.completed"}, True)
+
+
+async def test_a_reader_that_stops_is_given_up_and_the_worker_goes_on():
+    loop = asyncio.get_running_loop()
+    stalled = asyncio.Event()
+    relay = FrameRelay(loop, max_bytes=4096, stall_seconds=0.2, on_stall=stalled.set)
+    delta = "x" * 1000
+
+    def work() -> list[bool]:
+        return [relay.put({"type": "chat.delta", "text": delta}) for _ in range(200)]
+
+    accepted = await loop.run_in_executor(None, work)  # nobody reads
+    await asyncio.wait_for(stalled.wait(), timeout=10)
+    assert relay.stalled
+    assert accepted.count(True) < 10  # what fits in 4 KiB, then nothing
+    assert relay.peak_bytes <= 4096 + len(json.dumps({"type": "chat.delta", "text": delta}))
+
+
+async def test_a_closed_relay_drops_frames_without_waiting():
+    loop = asyncio.get_running_loop()
+    relay = FrameRelay(loop, max_bytes=10, stall_seconds=60)
+    relay.close()
+    accepted = await loop.run_in_executor(
+        None, lambda: [relay.put({"type": "chat.delta", "text": "x" * 100}) for _ in range(5)]
+    )
+    assert accepted == [False] * 5
