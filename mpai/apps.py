@@ -8,11 +8,30 @@ class MpaiConfig(AppConfig):
 
     def ready(self) -> None:
         # Connect receivers and register checks only; no database or network work here.
+        # Each receiver has a dispatch_uid, so calling ready() again connects nothing twice.
+        from django.conf import settings
+        from django.db.models.signals import post_delete, post_save
+
         from mpai import checks, signals  # noqa: F401  (checks registers on import)
-        from mpai.cache.receivers import connect_receivers
+        from mpai.chat import usercontext
         from mpai.chat.slowlog import log_stage_timings
 
-        connect_receivers()
+        # The cached user context goes stale when the user or the membership changes.
+        user_model = settings.AUTH_USER_MODEL
+        post_save.connect(
+            usercontext.on_user_saved,
+            sender=user_model,
+            dispatch_uid="mpai.chat.usercontext.user_saved",
+        )
+        post_delete.connect(
+            usercontext.on_user_saved,
+            sender=user_model,
+            dispatch_uid="mpai.chat.usercontext.user_deleted",
+        )
+        signals.membership_changed.connect(
+            usercontext.on_membership_changed,
+            dispatch_uid="mpai.chat.usercontext.membership_changed",
+        )
 
         signals.request_complete.connect(
             log_stage_timings, dispatch_uid="mpai.chat.slowlog.log_stage_timings"

@@ -3,12 +3,19 @@
 - ``mpai.E001``: ``MPAI["PROVIDER"]`` cannot be built (bad import string or options).
 - ``mpai.E002``: the context budget ``MAX_INPUT_TOKENS − REPLY_RESERVE_TOKENS`` is not positive.
 - ``mpai.E003``: an app mpai needs is missing from ``INSTALLED_APPS``.
+- ``mpai.E004``: an import-string option (:data:`mpai.conf.IMPORT_STRINGS`, e.g.
+  ``MPAI["TOKEN_ESTIMATOR"]``) cannot be imported.
+- ``mpai.W001``: an unknown key in ``settings.MPAI`` (or in one of its dicts with a fixed
+  set of keys, ``RATE_LIMIT`` and ``PROVIDER``), which mpai would silently ignore; the
+  hint names the closest known key.
 - ``mpai.W002``: mpai's cache alias (``MPAI["CACHE_ALIAS"]``) uses Redis without a
   ``KEY_PREFIX`` (README, "The layered cache": sites sharing one Redis).
 """
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from django.apps import apps
@@ -16,7 +23,7 @@ from django.conf import settings
 from django.core import checks
 from django.core.exceptions import ImproperlyConfigured
 
-from mpai.conf import mpai_settings
+from mpai.conf import DEFAULTS, IMPORT_STRINGS, mpai_settings
 
 REQUIRED_APPS = ("channels", "rest_framework", "django.contrib.auth", "django.contrib.sessions")
 
@@ -63,6 +70,70 @@ def check_installed_apps(app_configs: Any = None, **kwargs: Any) -> list[checks.
         for name in REQUIRED_APPS
         if not apps.is_installed(name)
     ]
+
+
+#: Options under ``settings.MPAI`` whose value is a dict with a fixed set of keys.
+FIXED_KEY_DICTS: Mapping[str, Iterable[str]] = {
+    "RATE_LIMIT": DEFAULTS["RATE_LIMIT"],
+    "PROVIDER": ("BACKEND", "OPTIONS"),
+}
+
+
+def _unknown_key(where: str, key: object, known: Iterable[str]) -> checks.Warning:
+    name = f'{where}["{key}"]'
+    # Compared case-blind: "rate_limit" is closest to RATE_LIMIT.
+    by_upper = {name.upper(): name for name in known}
+    close = (
+        difflib.get_close_matches(key.upper(), list(by_upper), n=1) if isinstance(key, str) else []
+    )
+    if close:
+        hint = f'Did you mean {where}["{by_upper[close[0]]}"]?'
+    elif where == "MPAI":
+        hint = 'Remove it, or see the README, "Settings (settings.MPAI)", for the known keys.'
+    else:
+        hint = f"Remove it; the known keys are {', '.join(sorted(known))}."
+    return checks.Warning(
+        f"{name} is not an mpai setting; it is ignored.",
+        hint=hint,
+        id="mpai.W001",
+    )
+
+
+@checks.register()
+def check_unknown_settings(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
+    # An option misspelt (RATE_LIMITS, CAPACTY) silently keeps its default: say so,
+    # with the key it was probably meant to be.
+    user = getattr(settings, "MPAI", None) or {}
+    if not isinstance(user, Mapping):
+        return []
+    messages: list[checks.CheckMessage] = [
+        _unknown_key("MPAI", key, DEFAULTS) for key in user if key not in DEFAULTS
+    ]
+    for option, known in FIXED_KEY_DICTS.items():
+        value = user.get(option)
+        if isinstance(value, Mapping):
+            names = list(known)
+            messages += [
+                _unknown_key(f'MPAI["{option}"]', key, names) for key in value if key not in names
+            ]
+    return messages
+
+
+@checks.register()
+def check_import_strings(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
+    messages: list[checks.CheckMessage] = []
+    for name in sorted(IMPORT_STRINGS):
+        try:
+            getattr(mpai_settings, name)
+        except ImproperlyConfigured as exc:
+            messages.append(
+                checks.Error(
+                    str(exc),
+                    hint=f'Set MPAI["{name}"] to the dotted path of an importable object.',
+                    id="mpai.E004",
+                )
+            )
+    return messages
 
 
 #: Cache backends that talk to Redis, by import string.

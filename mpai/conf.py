@@ -5,10 +5,19 @@ Modelled on DRF's ``rest_framework/settings.py``: every option has a default in
 read on access (never copied at import time) and the cache of resolved values is
 dropped on ``setting_changed`` so ``override_settings`` works in tests.
 
+Two kinds of option are finished here, once, so no reader has to:
+
+- :data:`MERGED_DICTS`: a site's dict is merged over the default dict, key by key, so
+  ``mpai_settings.RATE_LIMIT`` always holds every key (a site sets only what it changes).
+- :data:`IMPORT_STRINGS`: the value is an import string (or the object itself) and
+  reading the option returns the imported object, as DRF's ``IMPORT_STRINGS`` does.
+
 Usage::
 
     from mpai.conf import mpai_settings
     mpai_settings.MAX_MESSAGE_LENGTH
+    mpai_settings.RATE_LIMIT["CAPACITY"]  # complete, defaults included
+    mpai_settings.TOKEN_ESTIMATOR("some text")  # the callable, not its path
 """
 
 from __future__ import annotations
@@ -16,8 +25,10 @@ from __future__ import annotations
 from typing import Any
 
 from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
 from django.core.signals import setting_changed
 from django.dispatch import receiver
+from django.utils.module_loading import import_string
 
 DEFAULTS: dict[str, Any] = {
     # Provider, built like a Django cache backend: import string + OPTIONS.
@@ -99,9 +110,8 @@ DEFAULTS: dict[str, Any] = {
     # URL name the site may lack).
     "LOGOUT_URL": None,
     # Rate limiting (mpai.chat.ratelimit): one token bucket per user (``user:<pk>``) or,
-    # for anonymous use, per client address (``ip:<addr>``). The seed names only the
-    # algorithm ("token bucket", "<0.1ms per check"); the figures are ours. Keys left
-    # out of a site's RATE_LIMIT keep these defaults.
+    # for anonymous use, per client address (``ip:<addr>``); the figures are ours. Keys
+    # left out of a site's RATE_LIMIT keep these defaults (MERGED_DICTS).
     "RATE_LIMIT": {
         # False: every check is allowed and nothing touches the cache or Redis.
         "ENABLED": True,
@@ -116,15 +126,16 @@ DEFAULTS: dict[str, Any] = {
         "REDIS_URL": None,
         # Prefix of every bucket key in Redis or in the cache.
         "KEY_PREFIX": "mpai:rl:",
-        # Seconds between attempts to reach Redis during an outage; requests are
-        # allowed (fail open) meanwhile.
+        # Seconds the limiter's circuit breaker stays open after its store (Redis or
+        # the cache) failed, before one check probes it again; requests are allowed
+        # (fail open) meanwhile.
         "OUTAGE_BACKOFF": 1.0,
     },
     # Cache (mpai.cache grouped API): the Django cache alias it uses. The layered
     # backend's own options live in CACHES[alias]["OPTIONS"] (mpai.cache.config).
     "CACHE_ALIAS": "default",
     # Cache: default lifetime in seconds per group (None = forever), the seed's
-    # categories. A site's dict is merged over this one, group by group.
+    # categories. A site's dict is merged over this one, group by group (MERGED_DICTS).
     "CACHE_TIMEOUTS": {
         "user_context": 300,  # user contexts, 5 minutes
         "api_response": 1800,  # API responses, 30 minutes
@@ -169,15 +180,42 @@ DEFAULTS: dict[str, Any] = {
     "SAVE_ATTEMPTS": 5,
 }
 
-# Options whose values are import strings resolved on access.
-IMPORT_STRINGS: frozenset[str] = frozenset()
+#: Dict-valued options a site's dict is merged over, key by key: reading one returns
+#: the defaults updated with the site's keys (``None`` or an absent option: the defaults).
+MERGED_DICTS: frozenset[str] = frozenset({"RATE_LIMIT", "CACHE_TIMEOUTS"})
+
+#: Options whose value is an import string (or the object itself), resolved to the
+#: object on access, as DRF's ``IMPORT_STRINGS``.
+IMPORT_STRINGS: frozenset[str] = frozenset({"TOKEN_ESTIMATOR"})
+
+
+def perform_import(value: Any, name: str) -> Any:
+    """Return the object ``value`` names (``value`` itself when it is not a string).
+
+    Raises:
+        ImproperlyConfigured: the import string cannot be imported (the cause chained).
+    """
+    if not isinstance(value, str):
+        return value
+    try:
+        return import_string(value)
+    except ImportError as exc:
+        raise ImproperlyConfigured(
+            f'Could not import {value!r} for MPAI["{name}"]: {type(exc).__name__}: {exc}'
+        ) from exc
 
 
 class MpaiSettings:
     """Attribute access to ``settings.MPAI`` merged over :data:`DEFAULTS`.
 
+    Values are computed on first access and kept until :meth:`reload` (called on
+    ``setting_changed``): :data:`MERGED_DICTS` are merged over their defaults and
+    :data:`IMPORT_STRINGS` resolved to their objects.
+
     Raises:
         AttributeError: for a name that is not in :data:`DEFAULTS`.
+        ImproperlyConfigured: a merged option that is not a dict, or an import string
+            that cannot be imported.
     """
 
     def __init__(self, defaults: dict[str, Any] | None = None) -> None:
@@ -194,11 +232,26 @@ class MpaiSettings:
         if attr.startswith("_") or attr not in self.defaults:
             raise AttributeError(f"Invalid mpai setting: {attr!r}")
         value = self.user_settings.get(attr, self.defaults[attr])
-        if attr == "FAST_MODEL" and not value:
+        if attr in MERGED_DICTS:
+            value = self._merged(attr, value)
+        elif attr in IMPORT_STRINGS:
+            value = perform_import(value, attr)
+        elif attr == "FAST_MODEL" and not value:
             value = self.MODEL
         self._cached.add(attr)
         setattr(self, attr, value)
         return value
+
+    def _merged(self, attr: str, value: Any) -> dict[str, Any]:
+        default = self.defaults[attr]
+        if value is None or value is default:
+            return dict(default)
+        if not isinstance(value, dict):
+            raise ImproperlyConfigured(
+                f'MPAI["{attr}"] must be a dict (its keys are merged over the defaults), '
+                f"not {type(value).__name__}."
+            )
+        return {**default, **value}
 
     def reload(self) -> None:
         for attr in self._cached:

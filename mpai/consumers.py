@@ -29,10 +29,12 @@ from django.core.signals import setting_changed
 from django.db import close_old_connections
 from django.dispatch import receiver
 
-from mpai.chat.pipeline import ChatPipeline, ChatTurn, TurnResult
+from mpai.chat.pipeline import ChatPipeline
+from mpai.chat.turns import Started, TurnStream
 from mpai.conf import mpai_settings
 from mpai.exceptions import Busy, MpaiError, NotAuthenticated
-from mpai.relay import FrameRelay
+from mpai.frames import error_frame, frame_for
+from mpai.relay import FrameRelay, relay_events
 from mpai.sessions import current_user
 
 logger = logging.getLogger(__name__)
@@ -75,33 +77,6 @@ def start_executor() -> ThreadPoolExecutor:
     return _executor("start", mpai_settings.START_WORKERS)
 
 
-def error_frame(error: MpaiError, *, message_id: int | None = None) -> dict[str, Any]:
-    """Return a ``chat.error`` frame for ``error``."""
-    frame: dict[str, Any] = {"type": "chat.error", "code": error.code, "detail": error.detail}
-    if error.retry_after is not None:
-        frame["retry_after"] = error.retry_after
-    if message_id is not None:
-        frame["message"] = message_id
-    return frame
-
-
-def started_frame(turn: ChatTurn, client_id: object) -> dict[str, Any]:
-    return {
-        "type": "chat.started",
-        "conversation": turn.conversation.pk,
-        "message": turn.assistant_message.pk,
-        "user_message": turn.user_message.pk,
-        "client_id": client_id,
-    }
-
-
-def final_frame(result: TurnResult) -> dict[str, Any]:
-    """Return the ``chat.completed`` or ``chat.error`` frame that ends a turn."""
-    if result.error is not None:
-        return error_frame(result.error, message_id=result.partial_message_id)
-    return {"type": "chat.completed", **result.summary()}
-
-
 class ChatConsumer(AsyncJsonWebsocketConsumer):
     """Chat over a websocket for signed-in users."""
 
@@ -112,7 +87,7 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
     channel_layer_alias = None
 
     # Set in connect(); a refused handshake still gets disconnect() (Channels).
-    turn: ChatTurn | None = None
+    turn: TurnStream | None = None
     task: asyncio.Task[None] | None = None
     relay: FrameRelay | None = None
     busy = False
@@ -187,7 +162,9 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         loop = asyncio.get_running_loop()
         try:
             try:
-                turn = await loop.run_in_executor(start_executor(), self.start_turn, content)
+                turn, started = await loop.run_in_executor(
+                    start_executor(), self.start_turn, content
+                )
             except MpaiError as exc:
                 await self.send_final(json.dumps(error_frame(exc)))
                 if isinstance(exc, NotAuthenticated):
@@ -207,7 +184,7 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             if self.cancel_requested:  # chat.cancel came while the turn was starting
                 turn.cancel()
             loop.run_in_executor(stream_executor(), self.run_turn, turn, relay)
-            await self.send_json(started_frame(turn, content.get("client_id")))
+            await self.send_json(frame_for(started))
             async for text, final in relay.frames():
                 if final:
                     await self.send_final(text)
@@ -224,8 +201,9 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             self.turn = None
             self.relay = None
 
-    def start_turn(self, content: dict[str, Any]) -> ChatTurn:
-        """Check the session, then validate and save a new turn (in a start thread).
+    def start_turn(self, content: dict[str, Any]) -> tuple[TurnStream, Started]:
+        """Check the session, validate and save a new turn, and read its ``Started``
+        (in a start thread: never behind other users' streams).
 
         Raises:
             NotAuthenticated: the session was signed out or invalidated.
@@ -236,7 +214,7 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             user = current_user(self.scope)
             if user is None:
                 raise NotAuthenticated()
-            return self.pipeline.start(
+            events = self.pipeline.stream(
                 user=user,
                 content=content.get("content"),
                 conversation_id=content.get("conversation"),
@@ -244,24 +222,19 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
                 page=content.get("page"),
                 use_cache=content.get("cache", True),
             )
+            started = next(events)
+            assert isinstance(started, Started)
+            return events, started
         finally:
             close_old_connections()
 
-    def run_turn(self, turn: ChatTurn, relay: FrameRelay) -> None:
-        """Stream one started turn (in a stream thread); always ends the relay."""
+    def run_turn(self, events: TurnStream, relay: FrameRelay) -> None:
+        """Relay one started turn (in a stream thread); always ends the relay."""
         close_old_connections()
         try:
-            self.pipeline.run(
-                turn,
-                on_delta=relay.put_delta,
-                on_complete=lambda result: relay.put_final(final_frame(result)),
-            )
-        except Exception:
-            logger.exception("mpai chat turn failed")
-            relay.put_final(error_frame(MpaiError()))
+            relay_events(events, relay, frame_for, error_frame=error_frame(MpaiError()))
         finally:
             close_old_connections()
-            relay.finish()
 
     def drop_slow_client(self) -> None:
         """Give up a client that stopped reading (on the event loop): see the module."""

@@ -1,10 +1,14 @@
 """The mpai error hierarchy.
 
-Every error a client may see carries a stable ``code`` (the websocket
-``chat.error`` codes pinned in CONTRACTS.md) and a human ``detail``.
+Every error a client may see carries a stable ``code`` (the ``chat.error`` codes of
+README, "Websocket"), a human ``detail`` and, as DRF's ``APIException`` does, the HTTP
+``status_code`` the HTTP API answers it with. Interfaces build their frames and bodies
+from :meth:`MpaiError.as_payload`.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 
 class MpaiError(Exception):
@@ -17,6 +21,7 @@ class MpaiError(Exception):
     """
 
     code = "internal_error"
+    status_code = 500
     default_detail = "Something went wrong on our side."
 
     def __init__(self, detail: str | None = None, *, retry_after: float | None = None) -> None:
@@ -24,27 +29,60 @@ class MpaiError(Exception):
         self.retry_after = retry_after
         super().__init__(self.detail)
 
+    def as_payload(self, *, message_id: int | None = None) -> dict[str, Any]:
+        """Return ``{"code", "detail", "retry_after"?, "message"?}`` for clients.
+
+        Args:
+            message_id: the reply's id when a partial reply was saved.
+        """
+        payload: dict[str, Any] = {"code": self.code, "detail": self.detail}
+        if self.retry_after is not None:
+            payload["retry_after"] = self.retry_after
+        if message_id is not None:
+            payload["message"] = message_id
+        return payload
+
+    @classmethod
+    def for_code(cls, code: str, detail: str | None = None) -> MpaiError:
+        """Return an error of the class whose ``code`` is ``code`` (base class if none).
+
+        Used to report a saved reply's ``error_code`` again (a replay).
+        """
+        pending: list[type[MpaiError]] = [cls]
+        while pending:
+            klass = pending.pop()
+            if klass.code == code:
+                return klass(detail)
+            pending.extend(klass.__subclasses__())
+        error = MpaiError(detail)
+        error.code = code
+        return error
+
 
 # --- input and access ----------------------------------------------------------------
 
 
 class InvalidMessage(MpaiError):
     code = "invalid_message"
+    status_code = 400
     default_detail = "The message is empty or contains characters that are not allowed."
 
 
 class MessageTooLong(MpaiError):
     code = "message_too_long"
+    status_code = 400
     default_detail = "The message is too long."
 
 
 class ConversationNotFound(MpaiError):
     code = "conversation_not_found"
+    status_code = 404
     default_detail = "No such conversation."
 
 
 class RateLimited(MpaiError):
     code = "rate_limited"
+    status_code = 429
     default_detail = "Too many messages; please wait a moment."
 
 
@@ -52,11 +90,13 @@ class NotAuthenticated(MpaiError):
     """The connection's session ended (signed out, deactivated, password changed)."""
 
     code = "not_authenticated"
+    status_code = 401
     default_detail = "You are signed out; sign in again to chat."
 
 
 class Busy(MpaiError):
     code = "busy"
+    status_code = 409
     default_detail = "A reply is still streaming on this connection."
 
 
@@ -66,6 +106,7 @@ class InvalidJson(MpaiError):
     ``MPAI["MAX_FRAME_BYTES"]`` (README, "Settings")."""
 
     code = "invalid_json"
+    status_code = 400
     default_detail = "The frame is not valid JSON."
 
 
@@ -81,6 +122,7 @@ class ProviderError(MpaiError):
     """
 
     code = "provider_error"
+    status_code = 502
     default_detail = "The assistant's provider reported an error."
 
     def __init__(
@@ -135,6 +177,7 @@ class ProviderTimeout(ProviderError):
     """Connect or read timeouts, and 408 after retries."""
 
     code = "provider_timeout"
+    status_code = 504
     default_detail = "The assistant's provider did not answer in time."
 
 

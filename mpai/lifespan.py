@@ -14,7 +14,7 @@ import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-from mpai.chat.pipeline import active_turns, cancel_all_turns
+from mpai.chat.turns import active_turns, cancel_all_turns
 
 logger = logging.getLogger(__name__)
 

@@ -18,10 +18,15 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
+
+from mpai.chat.turns import Event, Finished, TurnStream
+
+logger = logging.getLogger(__name__)
 
 
 class FrameRelay:
@@ -82,12 +87,8 @@ class FrameRelay:
             self.peak_bytes = max(self.peak_bytes, self._buffered)
         return self._call_soon(self._queue.put_nowait, (text, size, final))
 
-    def put_delta(self, text: str) -> None:
-        """Queue a ``chat.delta`` frame (the pipeline's ``on_delta``)."""
-        self.put({"type": "chat.delta", "text": text})
-
     def put_final(self, frame: dict[str, Any]) -> None:
-        """Queue the frame that ends the turn (the pipeline's ``on_complete``)."""
+        """Queue the frame that ends the turn."""
         self.put(frame, final=True)
 
     def finish(self) -> None:
@@ -135,3 +136,32 @@ class FrameRelay:
             with self._cond:
                 self._buffered -= size
                 self._cond.notify_all()
+
+
+def relay_events(
+    events: TurnStream,
+    relay: FrameRelay,
+    to_frame: Callable[[Event], dict[str, Any]],
+    *,
+    error_frame: dict[str, Any],
+) -> None:
+    """Put the frame of each event of ``events`` into ``relay`` (in a worker thread).
+
+    A client that is gone only stops the frames: the turn is read to its end, so the
+    reply is finished and saved. If reading the turn fails, ``error_frame`` ends the
+    relay instead of the turn's own final frame. Always ends with ``relay.finish()``.
+    """
+    finished = False
+    try:
+        with events:
+            for event in events:
+                final = isinstance(event, Finished)
+                if not relay.closed:
+                    relay.put(to_frame(event), final=final)
+                finished = finished or final
+    except Exception:
+        logger.exception("mpai chat turn failed")
+        if not finished:
+            relay.put_final(error_frame)
+    finally:
+        relay.finish()

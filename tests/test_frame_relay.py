@@ -14,7 +14,7 @@ async def test_frames_arrive_in_order_and_the_final_one_is_marked():
 
     def work():
         for i in range(50):
-            relay.put_delta(f"d{i} ")
+            relay.put({"type": "chat.delta", "text": f"d{i} "})
         relay.put_final({"type": "chat.completed"})
         relay.finish()
 

@@ -2,7 +2,9 @@
 
 DRF's own ``SimpleRateThrottle`` reads, computes and writes the cache in separate
 steps and lets extra requests through under concurrency (encode/django-rest-framework
-#5181, #8127); this throttle asks the same atomic limiter as the websocket chat.
+#5181, #8127); this throttle asks the same atomic limiter as the websocket chat, through
+the one service function :func:`mpai.chat.ratelimit.check`, and only translates its
+answer into DRF's ``allow_request``/``wait``.
 """
 
 from __future__ import annotations
@@ -11,7 +13,8 @@ from rest_framework.request import Request
 from rest_framework.throttling import BaseThrottle
 from rest_framework.views import APIView
 
-from mpai.chat.ratelimit import Decision, bucket_key, get_rate_limiter, rate_limit_settings
+from mpai.chat import ratelimit
+from mpai.chat.ratelimit import Decision
 
 
 class TokenBucketThrottle(BaseThrottle):
@@ -33,15 +36,13 @@ class TokenBucketThrottle(BaseThrottle):
     def __init__(self) -> None:
         self.decision: Decision | None = None
 
-    def get_cache_key(self, request: Request, view: APIView) -> str:
-        """Return the bucket key of ``request`` (``[<scope>:]user:<pk>`` or ``…ip:<addr>``)."""
-        key = bucket_key(user=getattr(request, "user", None), address=self.get_ident(request))
-        return f"{self.scope}:{key}" if self.scope else key
-
     def allow_request(self, request: Request, view: APIView) -> bool:
-        if not rate_limit_settings()["ENABLED"]:
-            return True
-        self.decision = get_rate_limiter().check(self.get_cache_key(request, view), cost=self.cost)
+        self.decision = ratelimit.check(
+            user=getattr(request, "user", None),
+            address=self.get_ident(request),
+            cost=self.cost,
+            scope=self.scope,
+        )
         return self.decision.allowed
 
     def wait(self) -> float | None:

@@ -8,7 +8,7 @@ from rest_framework import generics, permissions
 from mpai.api.auth import AuthenticateHeaderMixin
 from mpai.api.pagination import PagePerPagePagination
 from mpai.api.serializers import ChatHistoryMessageSerializer
-from mpai.selectors import message_history
+from mpai.chat.history import message_history
 
 
 class ChatHistoryView(AuthenticateHeaderMixin, generics.ListAPIView):

@@ -188,7 +188,7 @@ def run(stdout: Writer, options: Mapping[str, Any]) -> None:
     redis_cache = RedisCache(redis_url, {"KEY_PREFIX": f"{prefix}-r", "OPTIONS": REDIS_OPTIONS})
     db_cache = DatabaseCache(table, {"KEY_PREFIX": f"{prefix}-d", "OPTIONS": DB_OPTIONS})
     locmem = LocMemCache(prefix, {"KEY_PREFIX": prefix, "OPTIONS": {"MAX_ENTRIES": 1_000_000}})
-    stack = layered._stack
+    stack = layered.stack
     try:
         redis_cache.client.get_client().ping()  # fail loudly before measuring
         if not layered.wait_ready(5.0):
@@ -211,7 +211,7 @@ def run(stdout: Writer, options: Mapping[str, Any]) -> None:
 def _measure(
     layered: Any, locmem: LocMemCache, redis_cache: Any, db_cache: DatabaseCache, iterations: int
 ) -> dict[str, tuple[float, float]]:
-    stack = layered._stack
+    stack = layered.stack
     redis_layer = next(layer for layer in stack.layers if layer.name == "redis")
     for cache in (layered, locmem, redis_cache, db_cache):
         cache.set("hit", VALUE)
@@ -286,7 +286,7 @@ def _measure_coherence(redis_url: str, prefix: str, trials: int) -> list[float]:
     finally:
         peer.terminate()
         peer.wait(5)
-        discard_stack(writer._stack)
+        discard_stack(writer.stack)
     return latencies
 
 

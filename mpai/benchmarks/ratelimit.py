@@ -1,8 +1,8 @@
 """Benchmark suite ``ratelimit``: the Redis token-bucket check against a bare PING.
 
-The seed promises "<0.1ms per check"; the floor is one Redis round trip, so the
-figure that matters is the ratio of a check to a ``PING`` on the same connection
-(target: about 1, i.e. one round trip plus the script's few microseconds).
+A check's floor is one Redis round trip, so the figure that matters is the ratio of a
+check to a ``PING`` on the same connection (target: about 1, i.e. one round trip plus
+the script's few microseconds; README, "Benchmarks").
 
 Run with ``python manage.py mpai_benchmark ratelimit`` (the command passes
 ``options``), or directly::
@@ -25,7 +25,7 @@ from typing import Any, Protocol
 from redis import Redis
 
 from mpai.benchmarks._stats import percentile
-from mpai.chat.ratelimit import RedisTokenBucket
+from mpai.chat.ratelimit.redis_bucket import RedisTokenBucket
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 DEFAULT_ITERATIONS = 5000

@@ -239,7 +239,7 @@ class LayeredCache(BaseCache):
         if value is not self._missing_key:
             return value
         if callable(default):
-            return compute_once(self, key, default, timeout, version)
+            return compute_once(self, self._stack, key, default, timeout, version)
         self.add(key, default, timeout=timeout, version=version)
         # Read again: another caller may have stored a value first (BaseCache does too).
         return self.get(key, default, version=version)
@@ -250,6 +250,14 @@ class LayeredCache(BaseCache):
             layer.close()
 
     # -- introspection -------------------------------------------------------------
+
+    @property
+    def stack(self) -> LayerStack:
+        """The process-wide layer stack behind this cache object (shared by every cache
+        object with the same layer configuration): its L1 (``stack.store``), shared
+        layers (``stack.layers``) and counters, for benchmarks, tests and diagnostics.
+        Bypassing the cache's methods through it skips key making and invalidation."""
+        return self._stack
 
     def stats(self) -> dict[str, dict[str, Any]]:
         """Return per-layer counters for metrics and health pages, fastest first.

@@ -31,8 +31,8 @@ from typing import Any
 from mpai.cache.config import StackConfig
 from mpai.cache.invalidation import InvalidationBus
 from mpai.cache.layers import SharedLayer
+from mpai.cache.locks import SingleFlight, StampedeStats, Waiters, layer_mutex
 from mpai.cache.memory import MemoryStore
-from mpai.cache.stampede import SingleFlight, StampedeStats, Waiters, layer_mutex
 from mpai.cache.wire import UNAVAILABLE, Envelope, Message, Unavailable
 
 logger = logging.getLogger("mpai.cache")

@@ -14,201 +14,52 @@ When many callers miss the same key at the same moment the callable runs once:
   take it; if ``LOCK_TIMEOUT`` passes (the leader died or hangs) it computes
   without the lock, so no caller waits longer than that.
 
-Known cures compared in ARCHITECTURE.md (single-flight lock, XFetch, serving stale);
-this combines the lock with a bounded stale window.
+Of the known cures (a single-flight lock, probabilistic early refresh as in XFetch,
+VLDB 2015, serving stale data as django-redis's ``HerdClient`` does), this combines
+the lock with a bounded stale window. The tables and the lock token are
+:mod:`mpai.cache.locks`; the process's instances of them live on the layer stack
+(:mod:`mpai.cache.stack`), which the backend passes in.
 """
 
 from __future__ import annotations
 
 import pickle
-import threading
 import time
-import uuid
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from mpai.cache.layers import SharedLayer
-from mpai.cache.wire import UNAVAILABLE
+from mpai.cache.locks import KeyLock
 
 if TYPE_CHECKING:
-    from mpai.cache.backend import LayeredCache
+    from django.core.cache.backends.base import BaseCache
 
+    from mpai.cache.stack import LayerStack
+
+#: Suffix of the stampede lock's key (no user key ends with it).
 LOCK_SUFFIX = "\x1fmpai-lock"
-INCR_LOCK_SUFFIX = "\x1fmpai-incr"
 _MISSING = object()
 
 
-class Flight:
-    """One in-process computation: waiters block on ``done``."""
-
-    __slots__ = ("done", "error", "payload")
-
-    def __init__(self) -> None:
-        self.done = threading.Event()
-        self.payload: bytes | None = None
-        self.error: BaseException | None = None
-
-
-class SingleFlight:
-    """At most one :class:`Flight` per key in this process."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._flights: dict[str, Flight] = {}
-
-    def join(self, key: str) -> tuple[Flight, bool]:
-        """Return the key's flight and whether the caller leads it."""
-        with self._lock:
-            flight = self._flights.get(key)
-            if flight is not None:
-                return flight, False
-            flight = self._flights[key] = Flight()
-            return flight, True
-
-    def land(
-        self, key: str, flight: Flight, payload: bytes | None, error: BaseException | None
-    ) -> None:
-        """Publish the leader's result to its waiters and end the flight."""
-        with self._lock:
-            if self._flights.get(key) is flight:
-                del self._flights[key]
-        flight.payload, flight.error = payload, error
-        flight.done.set()
-
-
-class Waiters:
-    """Events woken when a key is written here or invalidated by another process."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._events: dict[str, list[threading.Event]] = {}
-
-    @contextmanager
-    def watch(self, key: str) -> Iterator[threading.Event]:
-        event = threading.Event()
-        with self._lock:
-            self._events.setdefault(key, []).append(event)
-        try:
-            yield event
-        finally:
-            with self._lock:
-                events = self._events.get(key, [])
-                if event in events:
-                    events.remove(event)
-                if not events:
-                    self._events.pop(key, None)
-
-    def notify(self, keys: list[str] | None) -> None:
-        """Wake the waiters of ``keys`` (all waiters for None)."""
-        if not self._events:
-            return
-        with self._lock:
-            if keys is None:
-                events = [event for group in self._events.values() for event in group]
-            else:
-                events = [event for key in keys for event in self._events.get(key, ())]
-        for event in events:
-            event.set()
-
-
-class KeyLock:
-    """A lock token in the fastest reachable shared layer.
-
-    Args:
-        layers: shared layers, fastest first.
-        key: the lock's key (the cache key plus a suffix no user key ends with).
-        ttl: seconds after which the layer forgets the lock.
-    """
-
-    def __init__(self, layers: list[SharedLayer], key: str, ttl: float) -> None:
-        self.layers = layers
-        self.key = key
-        self.ttl = ttl
-        self.token = uuid.uuid4().hex
-        self._holder: SharedLayer | None = None
-
-    def acquire(self) -> bool | None:
-        """Try once: True if taken, False if someone holds it, None if no layer answered."""
-        for layer in self.layers:
-            result = layer.lock_add(self.key, self.token, self.ttl)
-            if result is UNAVAILABLE:
-                continue
-            if result:
-                self._holder = layer
-            return bool(result)
-        return None
-
-    def held_elsewhere(self) -> bool | None:
-        """Whether another owner holds the lock (None if no layer answered)."""
-        for layer in self.layers:
-            token = layer.lock_get(self.key)
-            if token is UNAVAILABLE:
-                continue
-            return token is not None and token != self.token
-        return None
-
-    def release(self) -> None:
-        """Delete the lock if this owner still holds it."""
-        holder, self._holder = self._holder, None
-        if holder is not None and holder.lock_get(self.key) == self.token:
-            holder.lock_delete(self.key)
-
-
-@contextmanager
-def layer_mutex(layers: list[SharedLayer], key: str, ttl: float) -> Iterator[bool]:
-    """Hold a cross-process lock on ``key`` for a read-modify-write (``incr``).
-
-    Waits up to ``ttl`` seconds for it, then goes ahead without it (a crashed holder
-    must not block everyone). Yields whether the lock was taken.
-    """
-    lock = KeyLock(layers, key + INCR_LOCK_SUFFIX, ttl)
-    deadline = time.monotonic() + ttl
-    delay = 0.001
-    acquired = lock.acquire()
-    while acquired is False and time.monotonic() < deadline:
-        time.sleep(delay)
-        delay = min(delay * 2, 0.02)
-        acquired = lock.acquire()
-    try:
-        yield bool(acquired)
-    finally:
-        if acquired:
-            lock.release()
-
-
-class StampedeStats:
-    """Counters: computed (callable runs), waited (in-process waiters served by the
-    leader), stale (stale L1 values served), remote_waits (waits on another process),
-    lock_timeouts (gave up waiting and computed)."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self.counts = dict.fromkeys(
-            ("computed", "waited", "stale", "remote_waits", "lock_timeouts"), 0
-        )
-
-    def add(self, name: str) -> None:
-        with self._lock:
-            self.counts[name] += 1
-
-    def snapshot(self) -> dict[str, int]:
-        with self._lock:
-            return dict(self.counts)
-
-
 def compute_once(
-    cache: LayeredCache, key: Any, compute: Callable[[], Any], timeout: Any, version: Any
+    cache: BaseCache,
+    stack: LayerStack,
+    key: Any,
+    compute: Callable[[], Any],
+    timeout: Any,
+    version: Any,
 ) -> Any:
     """Run ``compute`` once for concurrent misses of ``key`` and return the cached value.
 
     Follows ``BaseCache.get_or_set``: the value is stored with ``add`` and the cache
     is read again, so a value another caller stored first wins.
 
+    Args:
+        cache: the cache whose ``get``/``add``/``make_key`` are used.
+        stack: the layer stack behind ``cache`` (its flights, waiters, L1, layers).
+
     Raises:
         Exception: whatever ``compute`` raised (its in-process waiters get it too).
     """
-    stack = cache._stack
     full = cache.make_key(key, version=version)
     flight, leader = stack.flights.join(full)
     if not leader:
@@ -224,9 +75,9 @@ def compute_once(
                 stack.stampede.add("waited")
                 return pickle.loads(flight.payload)
         stack.stampede.add("lock_timeouts")
-        return _compute_and_store(cache, key, compute, timeout, version)
+        return _compute_and_store(cache, stack, key, compute, timeout, version)
     try:
-        value = _lead(cache, key, full, compute, timeout, version)
+        value = _lead(cache, stack, key, full, compute, timeout, version)
         payload = pickle.dumps(value, pickle.HIGHEST_PROTOCOL)
     except BaseException as exc:
         stack.flights.land(full, flight, None, exc)
@@ -236,23 +87,28 @@ def compute_once(
 
 
 def _compute_and_store(
-    cache: LayeredCache, key: Any, compute: Callable[[], Any], timeout: Any, version: Any
+    cache: BaseCache,
+    stack: LayerStack,
+    key: Any,
+    compute: Callable[[], Any],
+    timeout: Any,
+    version: Any,
 ) -> Any:
-    cache._stack.stampede.add("computed")
+    stack.stampede.add("computed")
     value = compute()
     cache.add(key, value, timeout=timeout, version=version)
     return cache.get(key, value, version=version)
 
 
 def _lead(
-    cache: LayeredCache,
+    cache: BaseCache,
+    stack: LayerStack,
     key: Any,
     full: str,
     compute: Callable[[], Any],
     timeout: Any,
     version: Any,
 ) -> Any:
-    stack = cache._stack
     lock = KeyLock(stack.layers, full + LOCK_SUFFIX, stack.config.lock_timeout)
     deadline = time.monotonic() + stack.config.lock_timeout
     while True:
@@ -262,7 +118,7 @@ def _lead(
                 value = cache.get(key, _MISSING, version=version)
                 if value is not _MISSING:
                     return value
-                return _compute_and_store(cache, key, compute, timeout, version)
+                return _compute_and_store(cache, stack, key, compute, timeout, version)
             finally:
                 lock.release()
         stale = stack.store.get_stale(full)
@@ -270,19 +126,24 @@ def _lead(
             stack.stampede.add("stale")
             return pickle.loads(stale)
         stack.stampede.add("remote_waits")
-        value = _wait_for_value(cache, key, full, lock, deadline, version)
+        value = _wait_for_value(cache, stack, key, full, lock, deadline, version)
         if value is not _MISSING:
             return value
         if time.monotonic() >= deadline:
             stack.stampede.add("lock_timeouts")
-            return _compute_and_store(cache, key, compute, timeout, version)
+            return _compute_and_store(cache, stack, key, compute, timeout, version)
 
 
 def _wait_for_value(
-    cache: LayeredCache, key: Any, full: str, lock: KeyLock, deadline: float, version: Any
+    cache: BaseCache,
+    stack: LayerStack,
+    key: Any,
+    full: str,
+    lock: KeyLock,
+    deadline: float,
+    version: Any,
 ) -> Any:
     """Wait for another process's value; _MISSING when the lock went away or time is up."""
-    stack = cache._stack
     delay = 0.002
     with stack.waiters.watch(full) as event:
         while True:

@@ -1,7 +1,7 @@
 """The cached conversation context: a conversation's recent messages (seed: 15 minutes).
 
 Shared by every connection and process of one site, so two tabs on one conversation
-agree. Entries live in the ``conversation_context`` group (``MPAI["CACHE_TIMEOUTS"]``,
+agree. Entries live in the ``conversation_context`` group (:mod:`mpai.chat.cache_groups`,
 default 900 s) through :mod:`mpai.chat.scoped_cache`: keyed by site and conversation,
 and used only when they claim this site, the conversation and its owner (issue 8).
 """
@@ -12,9 +12,10 @@ from collections.abc import Iterable
 from typing import Any
 
 from mpai.chat import scoped_cache
+from mpai.chat.cache_groups import CONVERSATION_CONTEXT
 
 #: Cache group of a conversation's recent messages.
-GROUP = "conversation_context"
+GROUP = CONVERSATION_CONTEXT
 
 
 def _is_messages(data: Any) -> bool:

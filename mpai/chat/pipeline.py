@@ -1,212 +1,65 @@
 """The chat pipeline: one service used by every interface (websocket, HTTP, tasks).
 
-A turn has two steps so that an interface can tell the client the ids before the
-reply streams:
+:meth:`ChatPipeline.stream` validates a message, saves it with an empty assistant
+reply (status ``streaming``) in one transaction, and returns a
+:class:`~mpai.chat.turns.TurnStream` of events: ``Started``, the reply's ``Delta``
+events as the provider streams them, and one ``Finished`` once the reply is saved,
+also when it was interrupted (partial text with status ``error`` or ``cancelled``:
+nothing the user saw is lost). :meth:`ChatPipeline.complete` drains the stream.
 
-1. :meth:`ChatPipeline.start` validates the input and saves the user message and an
-   empty assistant message (status ``streaming``) in one transaction;
-2. :meth:`ChatPipeline.run` builds the context, calls the provider with streaming,
-   hands each delta to ``on_delta`` as it arrives, and saves the reply, also when it
-   is interrupted (partial text with status ``error`` or ``cancelled``: nothing the
-   user saw is lost).
-
-Both are blocking (ORM and ``requests``): async callers run them in a thread.
-Signals are sent at each measurement point (``mpai.signals``, CONTRACTS.md).
+Iterating a stream blocks (ORM and ``requests``): async callers iterate it in a
+thread. Signals are sent at each measurement point (:mod:`mpai.signals`; README,
+"Signals").
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import threading
-import time
-import weakref
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Generator, Iterator
 from typing import Any
 
-from django.db import IntegrityError, InterfaceError, OperationalError, connection, transaction
+from django.db import IntegrityError, transaction
 from django.dispatch import Signal
 from django.utils import timezone
-from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
 from mpai import signals
-from mpai.chat import history_cache, leases, response_cache
+from mpai.chat import leases, replay, response_cache, turns
 from mpai.chat import trace as points
 from mpai.chat.context import ContextBuilder, ContextRequest, budget_tokens
+from mpai.chat.history import ConversationHistory
 from mpai.chat.memory import ConversationMemory
 from mpai.chat.model_choice import choose_model
 from mpai.chat.ratelimit import enforce
+from mpai.chat.saving import release_db_connection, save_reply
 from mpai.chat.titles import default_title
 from mpai.chat.trace import Trace
+from mpai.chat.turns import ChatTurn, Delta, Event, Finished, Started, TurnResult, TurnStream
 from mpai.chat.validation import validate_client_id, validate_content, validate_page
 from mpai.conf import mpai_settings
-from mpai.exceptions import ConversationNotFound, MessageTooLong, MpaiError, ProviderTimeout
+from mpai.exceptions import ConversationNotFound, MessageTooLong, MpaiError
 from mpai.models import Conversation, Message
-from mpai.providers import ChatProvider, ChatRequest, ChatStream, Usage, get_provider
+from mpai.providers import ChatProvider, ChatRequest, Usage, get_provider
 
 logger = logging.getLogger(__name__)
 
-DeltaCallback = Callable[[str], None]
+# The turn registry lives in mpai.chat.turns; these names stay importable from here.
+active_turns = turns.active_turns
+cancel_all_turns = turns.cancel_all_turns
 
-#: Cache group of a conversation's recent messages (seed: conversation context, 15 min).
-CONVERSATION_CONTEXT = "conversation_context"
+__all__ = [
+    "ChatPipeline",
+    "ChatTurn",
+    "Delta",
+    "Finished",
+    "Started",
+    "TurnResult",
+    "TurnStream",
+    "active_turns",
+    "cancel_all_turns",
+]
 
-#: Turns being generated in this process (for server shutdown).
-_active_turns: weakref.WeakSet[ChatTurn] = weakref.WeakSet()
-
-
-def cancel_all_turns() -> int:
-    """Cancel every reply being generated in this process (server shutdown).
-
-    Each is saved with its partial text and status ``cancelled`` by the thread that
-    runs it. Returns the number of turns cancelled.
-    """
-    turns = list(_active_turns)
-    for turn in turns:
-        turn.cancel()
-    return len(turns)
-
-
-def active_turns() -> int:
-    """Return the number of replies being generated in this process."""
-    return len(_active_turns)
-
-
-@dataclass(eq=False)  # identity semantics: turns live in a WeakSet
-class ChatTurn:
-    """One exchange: the saved user message and the assistant message being written."""
-
-    user: Any
-    conversation: Conversation
-    user_message: Message
-    assistant_message: Message
-    trace: Trace
-    replayed: bool = False
-    page: dict[str, Any] | None = None
-    use_cache: bool = True
-    _cancelled: threading.Event = field(default_factory=threading.Event, repr=False)
-    _stream: ChatStream | None = field(default=None, repr=False)
-    # The reply's text so far, kept on the turn so an unexpected failure still saves it.
-    parts: list[str] = field(default_factory=list, repr=False)
-    model: str = ""
-    # The model refused (Chat Completions ``delta.refusal``): its refusal is the reply.
-    refusal: bool = False
-
-    def cancel(self) -> None:
-        """Stop the reply (the stop button); safe to call from any thread."""
-        self._cancelled.set()
-        stream = self._stream
-        if stream is not None:
-            stream.close()
-
-    @property
-    def cancelled(self) -> bool:
-        return self._cancelled.is_set()
-
-
-@dataclass
-class TurnResult:
-    """How a turn ended.
-
-    Attributes:
-        status: ``complete``, ``cancelled`` or ``error`` (the saved message's status).
-        error: the error for status ``error``, else None.
-        usage: provider usage figures, when sent.
-        timings_ms: stage timings in ms (``Trace.timings_ms``).
-    """
-
-    message: Message
-    status: str
-    finish_reason: str | None
-    usage: Usage | None
-    cached: bool
-    replayed: bool
-    timings_ms: dict[str, float]
-    error: MpaiError | None = None
-    refusal: bool = False
-
-    @property
-    def partial_message_id(self) -> int | None:
-        """The reply's id when an error left partial text saved, else None."""
-        return self.message.pk if self.error is not None and self.message.content else None
-
-    def summary(self) -> dict[str, Any]:
-        """Return the fields ``chat.completed`` reports (CONTRACTS.md), JSON-ready."""
-        return {
-            "message": self.message.pk,
-            "status": self.status,
-            "finish_reason": self.finish_reason,
-            "cached": self.cached,
-            "replayed": self.replayed,
-            "usage": self.usage.as_dict() if self.usage else None,
-            "timings_ms": self.timings_ms,
-            **({"refusal": True} if self.refusal else {}),
-        }
-
-
-def release_db_connection() -> None:
-    """Give this thread's database connection back while a provider streams.
-
-    A stream takes seconds and does no database work; holding the connection meanwhile
-    starves psycopg's pool (found by mpai_loadtest: 10 users made the context stage wait
-    2-4 s for a pooled connection). The save after the stream takes one again. Skipped
-    inside a transaction, and for persistent connections (``CONN_MAX_AGE`` > 0 without a
-    pool), which belong to their thread anyway.
-    """
-    if connection.in_atomic_block:
-        return
-    pooled = bool((connection.settings_dict.get("OPTIONS") or {}).get("pool"))
-    if pooled or connection.settings_dict.get("CONN_MAX_AGE") == 0:
-        connection.close()
-
-
-#: The fields the end of a turn writes on its reply.
-REPLY_FIELDS = (
-    "content",
-    "status",
-    "model",
-    "finish_reason",
-    "error_code",
-    "prompt_tokens",
-    "completion_tokens",
-    "cached",
-)
-
-
-def save_reply(message: Message, *, attempts: int | None = None) -> None:
-    """Save the end of a turn, retrying on a fresh database connection.
-
-    A pooled connection may have died while the provider streamed (a database restart,
-    ``pg_terminate_backend``, a failover): the reply the user saw must not be lost with
-    it. Each failed attempt closes the connection, which psycopg's pool discards when
-    broken, and the next one takes another, with a short exponential back-off.
-
-    Args:
-        attempts: most attempts (default ``MPAI["SAVE_ATTEMPTS"]``, 5).
-
-    Raises:
-        django.db.OperationalError, django.db.InterfaceError: every attempt failed.
-    """
-    retrying = Retrying(
-        stop=stop_after_attempt(int(attempts or mpai_settings.SAVE_ATTEMPTS)),
-        wait=wait_exponential(multiplier=0.05, max=1.0),
-        retry=retry_if_exception_type((OperationalError, InterfaceError)),
-        before_sleep=lambda state: _discard_connection(state.outcome),
-        reraise=True,
-    )
-    for attempt in retrying:
-        with attempt:
-            message.save(update_fields=REPLY_FIELDS)
-
-
-def _discard_connection(outcome: Any) -> None:
-    logger.warning(
-        "mpai could not save a reply; retrying on a new connection: %s",
-        outcome.exception() if outcome else None,
-    )
-    with contextlib.suppress(Exception):  # Django forgets the connection either way
-        connection.close()
+#: (text, finish_reason, usage, error) of a provider stream.
+Streamed = tuple[str, str | None, Usage | None, MpaiError | None]
 
 
 def send_robust(signal: Signal, **kwargs: Any) -> None:
@@ -217,20 +70,27 @@ def send_robust(signal: Signal, **kwargs: Any) -> None:
 
 
 class ChatPipeline:
-    """Run chat turns against a provider (default: ``MPAI["PROVIDER"]``)."""
+    """Run chat turns against a provider (default: ``MPAI["PROVIDER"]``).
+
+    One pipeline per connection: it keeps that connection's live conversation memory.
+    """
 
     def __init__(self, provider: ChatProvider | None = None) -> None:
         self._provider = provider
-        # Live memory per conversation id; a websocket connection keeps one pipeline.
-        self.memories: dict[int, ConversationMemory] = {}
+        self.history = ConversationHistory()
 
     @property
     def provider(self) -> ChatProvider:
         return self._provider or get_provider()
 
-    # -- step 1 ------------------------------------------------------------------------
+    @property
+    def memories(self) -> dict[int, ConversationMemory]:
+        """The live memories of this pipeline's connection, by conversation id."""
+        return self.history.memories
 
-    def start(
+    # -- the interface -----------------------------------------------------------------
+
+    def stream(
         self,
         *,
         user: Any,
@@ -239,32 +99,68 @@ class ChatPipeline:
         client_id: object = None,
         page: object = None,
         use_cache: object = True,
-    ) -> ChatTurn:
-        """Validate a message and save it with an empty assistant reply.
+    ) -> TurnStream:
+        """Validate and save a message; return the events of its turn.
 
-        A ``client_id`` the user already sent returns the earlier exchange with
-        ``replayed=True`` instead of saving a second one.
+        A ``client_id`` the user already sent replays the earlier exchange
+        (``Started.replayed``) instead of saving a second one.
 
         Args:
             page: optional ``{"url": str, "title": str}`` of the page the user is on.
             use_cache: False skips the response cache for this request.
 
-        Raises:
-            InvalidMessage, MessageTooLong: bad content or client_id; a message whose
-                tokens alone exceed the context budget is too long.
+        Raises (before any event, nothing saved):
+            InvalidMessage, MessageTooLong: bad content, ``client_id`` or ``page``; a
+                message whose tokens alone exceed the context budget is too long.
             RateLimited: the user's token bucket is empty (``retry_after`` in seconds);
                 a resend counts like a new message (each one may wait for a reply).
             ConversationNotFound: no such conversation of this user.
         """
+        turn = self._start(
+            user=user,
+            content=content,
+            conversation_id=conversation_id,
+            client_id=client_id,
+            page=page,
+            use_cache=use_cache,
+        )
+        return TurnStream(turn, self._events(turn))
+
+    def complete(self, **kwargs: Any) -> TurnResult:
+        """Run a whole turn and return its result (the HTTP API, tasks).
+
+        Takes the arguments of :meth:`stream` and raises its errors; provider errors
+        are reported in the result, not raised.
+        """
+        result: TurnResult | None = None
+        with self.stream(**kwargs) as events:
+            for event in events:
+                if isinstance(event, Finished):
+                    result = event.result
+        assert result is not None  # _events always ends with Finished
+        return result
+
+    # -- starting ----------------------------------------------------------------------
+
+    def _start(
+        self,
+        *,
+        user: Any,
+        content: object,
+        conversation_id: object,
+        client_id: object,
+        page: object,
+        use_cache: object,
+    ) -> ChatTurn:
         trace = Trace()
         text = validate_content(content)
         if ContextBuilder().estimate(text) > budget_tokens():
             raise MessageTooLong("The message alone is longer than the model's context budget.")
         cid = validate_client_id(client_id)
-        page = validate_page(page)
+        checked_page = validate_page(page)
         enforce(user=user)
         if cid is not None:
-            earlier = self._find_replay(user, cid, trace)
+            earlier = replay.find_exchange(user, cid, trace)
             if earlier is not None:
                 return earlier
         try:
@@ -288,7 +184,7 @@ class ChatPipeline:
                 Conversation.objects.filter(pk=conversation.pk).update(updated_at=timezone.now())
         except IntegrityError:
             # Two sends with one client_id raced: the other one won.
-            earlier = self._find_replay(user, cid, trace) if cid is not None else None
+            earlier = replay.find_exchange(user, cid, trace) if cid is not None else None
             if earlier is None:
                 raise
             return earlier
@@ -298,11 +194,13 @@ class ChatPipeline:
             user_message,
             assistant_message,
             trace,
-            page=page,
+            page=checked_page,
             use_cache=use_cache is not False,
+            client_id=cid,
         )
 
-    def _conversation(self, user: Any, conversation_id: object, text: str) -> Conversation:
+    @staticmethod
+    def _conversation(user: Any, conversation_id: object, text: str) -> Conversation:
         if conversation_id is None:
             return Conversation.objects.create(owner=user, title=default_title(text))
         # Ids are the integers we sent (or their decimal strings); anything else is unknown.
@@ -313,70 +211,36 @@ class ChatPipeline:
         except (ValueError, OverflowError, Conversation.DoesNotExist) as exc:
             raise ConversationNotFound() from exc
 
-    def _find_replay(self, user: Any, client_id: str, trace: Trace) -> ChatTurn | None:
-        user_message = (
-            Message.objects.select_related("conversation")
-            .filter(owner=user, client_id=client_id)
-            .first()
-        )
-        if user_message is None:
-            return None
-        assistant_message = (
-            Message.objects.filter(
-                conversation=user_message.conversation_id,
-                role=Message.Role.ASSISTANT,
-                pk__gt=user_message.pk,
-            )
-            .order_by("pk")
-            .first()
-        )
-        if assistant_message is None:
-            return None
-        trace.replayed = True
-        return ChatTurn(
-            user, user_message.conversation, user_message, assistant_message, trace, replayed=True
-        )
+    # -- the turn ----------------------------------------------------------------------
 
-    # -- step 2 ------------------------------------------------------------------------
-
-    def run(
-        self,
-        turn: ChatTurn,
-        *,
-        on_delta: DeltaCallback,
-        on_complete: Callable[[TurnResult], None] | None = None,
-    ) -> TurnResult:
-        """Stream the reply of ``turn`` to ``on_delta`` and save it.
-
-        ``on_delta`` gets each non-empty text delta in order; an exception in it is
-        logged and the reply goes on (a closed connection is not a cancel).
-        ``on_complete`` gets the result after the save, before ``request_complete``.
-
-        Returns:
-            The :class:`TurnResult`; provider errors are reported in it, not raised.
-        """
-        _active_turns.add(turn)
+    def _events(self, turn: ChatTurn) -> Iterator[Event]:
+        """Yield the events of a started turn; it always ends saved, with Finished."""
+        turns.register(turn)
         if not turn.replayed:
             leases.hold(turn.assistant_message.pk)
         try:
+            yield Started(
+                conversation_id=turn.conversation.pk,
+                message_id=turn.assistant_message.pk,
+                user_message_id=turn.user_message.pk,
+                client_id=turn.client_id,
+                replayed=turn.replayed,
+            )
             if turn.replayed:
-                result = self._replay(turn, on_delta)
+                result = yield from replay.replay(turn)
             else:
                 try:
-                    result = self._generate(turn, on_delta)
+                    result = yield from self._generate(turn)
                 except Exception as exc:
                     # A started turn always ends saved: the text so far, status error.
                     logger.exception("mpai chat turn failed; saving its partial reply")
                     error = MpaiError()
                     error.__cause__ = exc
-                    result = self._finish(
-                        turn, "".join(turn.parts), None, None, error, model=turn.model
-                    )
+                    result = self._finish(turn, None, None, error)
         finally:
-            _active_turns.discard(turn)
+            turns.unregister(turn)
             leases.release(turn.assistant_message.pk)
-        if on_complete is not None:
-            on_complete(result)
+        yield Finished(result)
         send_robust(
             signals.request_complete,
             trace=turn.trace,
@@ -387,82 +251,23 @@ class ChatPipeline:
             error_code=result.error.code if result.error else None,
             timings_ms=result.timings_ms,
         )
-        return result
 
-    def memory(self, conversation: Conversation, *, before: int) -> ConversationMemory:
-        """Return the live memory of ``conversation`` with its current messages.
-
-        The messages come from the cached conversation context (15 minutes, shared by
-        every connection and process, so two tabs on one conversation agree); without
-        one, from this connection's live memory unless the conversation moved on since
-        (another tab or device) or it sat idle past ``MEMORY_IDLE_SECONDS``, which also
-        drops the cached context; else from the database, taking only messages saved
-        before ``before`` (the current user message's id).
-        """
-        memory = self.memories.get(conversation.pk)
-        if memory is not None and memory.idle_for() > mpai_settings.MEMORY_IDLE_SECONDS:
-            del self.memories[conversation.pk]
-            history_cache.delete_conversation_context(conversation)
-            memory = None
-        cached = history_cache.read_conversation_context(conversation)
-        if cached is None and memory is not None and not self._moved_on(conversation, memory):
-            return memory
-        if memory is None:
-            memory = ConversationMemory(max_pairs=mpai_settings.MEMORY_MAX_PAIRS)
-            self.memories[conversation.pk] = memory
-        memory.messages = (
-            list(cached)
-            if cached is not None
-            else self.load_history(conversation, limit=memory.safe_size, before=before)
-        )
-        memory.synced_at = timezone.now()
-        return memory
-
-    @staticmethod
-    def _moved_on(conversation: Conversation, memory: ConversationMemory) -> bool:
-        """True when the conversation was updated after ``memory`` was last synced."""
-        return memory.synced_at is not None and conversation.updated_at > memory.synced_at
-
-    @staticmethod
-    def load_history(
-        conversation: Conversation, *, limit: int, before: int
-    ) -> list[dict[str, str]]:
-        """Return the newest ``limit`` shown messages of ``conversation`` with ids below
-        ``before``, oldest first."""
-        rows = (
-            Message.objects.filter(
-                conversation=conversation,
-                status__in=[Message.Status.COMPLETE, Message.Status.CANCELLED],
-                pk__lt=before,
-            )
-            .exclude(content="")
-            .order_by("-created_at", "-pk")
-            .values_list("role", "content")[:limit]
-        )
-        return [{"role": role, "content": content} for role, content in reversed(rows)]
-
-    def _remember(self, turn: ChatTurn, memory: ConversationMemory, reply: str) -> None:
-        memory.append(Message.Role.USER.value, turn.user_message.content)
-        if reply:
-            memory.append(Message.Role.ASSISTANT.value, reply)
-        memory.end_turn()
-        memory.synced_at = timezone.now()
-        history_cache.write_conversation_context(turn.conversation, turn.user, memory.messages)
-
-    def _generate(self, turn: ChatTurn, on_delta: DeltaCallback) -> TurnResult:
+    def _generate(self, turn: ChatTurn) -> Generator[Delta, None, TurnResult]:
         trace, common = turn.trace, {"user": turn.user, "conversation": turn.conversation}
-        memory = self.memory(turn.conversation, before=turn.user_message.pk)
-        builder = ContextBuilder()
+        if turn.cancelled:  # cancelled before it began: no provider request at all
+            return self._finish(turn, None, None, None)
+        memory = self.history.memory(turn.conversation, before=turn.user_message.pk)
         query = turn.user_message.content
-        context = builder.build(
+        context = ContextBuilder().build(
             ContextRequest(turn.user, turn.conversation, query, turn.page), memory.messages
         )
         model = turn.model = choose_model(query=query, prompt_tokens=context.tokens)
-        messages = context.messages
         trace.mark(points.CONTEXT_BUILT)
-        send_robust(signals.context_built, trace=trace, messages=messages, model=model, **common)
+        send_robust(
+            signals.context_built, trace=trace, messages=context.messages, model=model, **common
+        )
 
-        request = ChatRequest(model=model, messages=messages)
+        request = ChatRequest(model=model, messages=context.messages)
         use_cache = turn.use_cache and mpai_settings.RESPONSE_CACHE_ENABLED
         cached = response_cache.lookup(request) if use_cache else None
         if cached is not None:
@@ -473,23 +278,25 @@ class ChatPipeline:
                     break
                 trace.mark_once(points.FIRST_DELTA)
                 turn.parts.append(cached.text[start : start + size])
-                self._deliver(on_delta, turn.parts[-1])
+                yield Delta(turn.parts[-1])
                 trace.mark(points.LAST_DELTA)
-            text = "".join(turn.parts)
-            result = self._finish(turn, text, cached.finish_reason, cached.usage, None, model=model)
+            result = self._finish(turn, cached.finish_reason, cached.usage, None)
         else:
             release_db_connection()  # the stream does no database work, for seconds
-            text, finish_reason, usage, error = self._stream(turn, request, on_delta)
-            result = self._finish(turn, text, finish_reason, usage, error, model=model)
-            if use_cache and result.status == Message.Status.COMPLETE and not turn.refusal:
-                response_cache.store(request, text=text, finish_reason=finish_reason, usage=usage)
-        self._remember(turn, memory, result.message.content)
+            _text, finish_reason, usage, error = yield from self._stream(turn, request)
+            result = self._finish(turn, finish_reason, usage, error)
+            complete = result.status == Message.Status.COMPLETE
+            if use_cache and complete and not turn.refusal:
+                response_cache.store(
+                    request, text=result.message.content, finish_reason=finish_reason, usage=usage
+                )
+        self.history.remember(
+            turn.conversation, turn.user, memory, query=query, reply=result.message.content
+        )
         return result
 
-    def _stream(
-        self, turn: ChatTurn, request: ChatRequest, on_delta: DeltaCallback
-    ) -> tuple[str, str | None, Usage | None, MpaiError | None]:
-        """Call the provider and relay deltas; returns (text, finish_reason, usage, error)."""
+    def _stream(self, turn: ChatTurn, request: ChatRequest) -> Generator[Delta, None, Streamed]:
+        """Call the provider and yield its deltas; return (text, finish, usage, error)."""
         trace, common = turn.trace, {"user": turn.user, "conversation": turn.conversation}
         parts = turn.parts
         finish_reason: str | None = None
@@ -520,7 +327,7 @@ class ChatPipeline:
                     trace.mark_once(points.FIRST_DELTA)
                     trace.mark(points.LAST_DELTA)
                     parts.append(chunk.text)
-                    self._deliver(on_delta, chunk.text)
+                    yield Delta(chunk.text)
                 finish_reason = chunk.finish_reason or finish_reason
                 turn.refusal = turn.refusal or chunk.refusal
                 usage = chunk.usage or usage
@@ -535,24 +342,16 @@ class ChatPipeline:
             stream.close()
         return "".join(parts), finish_reason, usage, error
 
-    @staticmethod
-    def _deliver(on_delta: DeltaCallback, text: str) -> None:
-        try:
-            on_delta(text)
-        except Exception:
-            logger.warning("mpai delta callback failed; the reply goes on", exc_info=True)
-
     def _finish(
         self,
         turn: ChatTurn,
-        text: str,
         finish_reason: str | None,
         usage: Usage | None,
         error: MpaiError | None,
-        *,
-        model: str,
     ) -> TurnResult:
+        """Save the reply (``turn.parts``) with its final status; return the result."""
         trace = turn.trace
+        text = "".join(turn.parts)
         trace.mark_once(points.FIRST_DELTA)
         trace.mark_once(points.LAST_DELTA)
         trace.mark(points.RESPONSE_PROCESSED)
@@ -574,7 +373,7 @@ class ChatPipeline:
         message = turn.assistant_message
         message.content = text
         message.status = status
-        message.model = model
+        message.model = turn.model
         message.finish_reason = finish_reason or ""
         message.error_code = error.code if error else ""
         message.prompt_tokens = usage.prompt_tokens if usage else None
@@ -593,63 +392,5 @@ class ChatPipeline:
             timings_ms=trace.timings_ms(),
             error=error,
             refusal=turn.refusal,
-        )
-
-    def _replay(self, turn: ChatTurn, on_delta: DeltaCallback) -> TurnResult:
-        """Send the saved reply of an earlier send, waiting while it is still streaming.
-
-        The wait is bounded: it ends when the reply is saved, when the turn is cancelled
-        (the client left), when no live turn in any process owns the reply any more
-        (``mpai.chat.leases``: the reply is then marked ``error``), or after
-        ``MPAI["REPLAY_TIMEOUT_SECONDS"]`` (``provider_timeout``, the reply left as it
-        is). No database connection is held between reads.
-        """
-        message = turn.assistant_message
-        deadline = time.monotonic() + float(mpai_settings.REPLAY_TIMEOUT_SECONDS)
-        poll = float(mpai_settings.REPLAY_POLL_SECONDS)
-        timed_out = False
-        while message.status == Message.Status.STREAMING and not turn.cancelled:
-            if leases.fail_if_orphaned(message.pk):
-                message.refresh_from_db()
-                break
-            if time.monotonic() >= deadline:
-                timed_out = True
-                break
-            release_db_connection()
-            turn._cancelled.wait(min(poll, max(deadline - time.monotonic(), 0.0)))
-            message.refresh_from_db()
-        trace = turn.trace
-        trace.mark(points.CONTEXT_BUILT)
-        if message.content:
-            trace.mark(points.FIRST_DELTA)
-            self._deliver(on_delta, message.content)
-        trace.mark_once(points.FIRST_DELTA)
-        trace.mark(points.LAST_DELTA)
-        trace.mark(points.SAVED)
-        trace.mark(points.REQUEST_COMPLETE)
-        error: MpaiError | None = None
-        if timed_out:
-            error = ProviderTimeout(
-                "The original reply is still being written; it will be in the history "
-                "when it is done."
-            )
-        elif message.status == Message.Status.ERROR:
-            error = MpaiError("The original reply failed.")
-            error.code = message.error_code or MpaiError.code
-        usage = None
-        if message.prompt_tokens is not None and message.completion_tokens is not None:
-            usage = Usage(
-                message.prompt_tokens,
-                message.completion_tokens,
-                message.prompt_tokens + message.completion_tokens,
-            )
-        return TurnResult(
-            message=message,
-            status=message.status,
-            finish_reason=message.finish_reason or None,
-            usage=usage,
-            cached=message.cached,
-            replayed=True,
-            timings_ms=trace.timings_ms(),
-            error=error,
+            user_message_id=turn.user_message.pk,
         )

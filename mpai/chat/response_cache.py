@@ -4,9 +4,9 @@ Keyed by a SHA-256 of what changes the answer: the model, the messages and the
 sampling parameters, and of the site (:mod:`mpai.site_identity`), so sites sharing one
 Redis never serve each other's replies (issue 8); an entry also claims its site and
 is a miss for any other. Only complete replies (``finish_reason`` ``stop``) are stored.
-Entries live in the ``api_response`` group of mpai's cache, ``MPAI["RESPONSE_CACHE_TIMEOUT"]``
-seconds (default: the group's 30 minutes). Without a site identity (its database row
-unreadable) nothing is looked up or stored.
+Entries live in the ``api_response`` group (:mod:`mpai.chat.cache_groups`),
+``MPAI["RESPONSE_CACHE_TIMEOUT"]`` seconds (default: the group's 30 minutes). Without a
+site identity (its database row unreadable) nothing is looked up or stored.
 """
 
 from __future__ import annotations
@@ -16,13 +16,13 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from mpai import cache as mpai_cache
+from mpai.chat import cache_groups
 from mpai.chat.scoped_cache import current_site
 from mpai.conf import mpai_settings
 from mpai.providers import ChatRequest, Usage
 from mpai.site_identity import site_identity
 
-GROUP = "api_response"
+GROUP = cache_groups.API_RESPONSE
 
 
 @dataclass(frozen=True)
@@ -61,7 +61,7 @@ def lookup(request: ChatRequest) -> CachedReply | None:
     site = current_site()
     if site is None:
         return None
-    entry: dict[str, Any] | None = mpai_cache.get(cache_key(request, site), group=GROUP)
+    entry: dict[str, Any] | None = cache_groups.get(cache_key(request, site), group=GROUP)
     if not isinstance(entry, dict) or entry.get("site") != site or "text" not in entry:
         return None
     usage = Usage(**entry["usage"]) if entry.get("usage") else None
@@ -86,6 +86,6 @@ def store(
     key = cache_key(request, site)
     timeout = mpai_settings.RESPONSE_CACHE_TIMEOUT
     if timeout is None:
-        mpai_cache.set(key, entry, group=GROUP)
+        cache_groups.set(key, entry, group=GROUP)
     else:
-        mpai_cache.set(key, entry, group=GROUP, timeout=timeout)
+        cache_groups.set(key, entry, group=GROUP, timeout=timeout)

@@ -6,11 +6,11 @@ cached through this module, never under an id alone. An entry is stored as::
     {"site": "<site identity>", "owner": "<user pk>", "conversation": "<pk>" | None,
      "data": ...}
 
-under the key ``<site identity>:<key>`` of its group (``mpai.cache.grouped``), so two
-sites on one Redis without a ``KEY_PREFIX`` neither read nor overwrite each other's
-entries. :func:`get` also checks every claim of a hit against the caller's site, owner
-and conversation: an entry claiming anything else, or not shaped like an entry, is a
-miss. Without a site identity (its database row unreadable) nothing is read or stored.
+under the key ``<site identity>:<key>`` of its group (:mod:`mpai.chat.cache_groups`),
+so two sites on one Redis without a ``KEY_PREFIX`` neither read nor overwrite each
+other's entries. :func:`get` also checks every claim of a hit against the caller's
+site, owner and conversation: an entry claiming anything else, or not shaped like an
+entry, is a miss. Without a site identity (its database row unreadable) nothing is read or stored.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from typing import Any
 
 from django.db import DatabaseError
 
-from mpai.cache import grouped
+from mpai.chat import cache_groups
 from mpai.site_identity import site_identity
 
 logger = logging.getLogger("mpai.cache")
@@ -62,7 +62,7 @@ def get(key: str, group: str, *, owner: Any, conversation: Any = None) -> Any:
     site = current_site()
     if site is None:
         return None
-    entry = grouped.get(scoped_key(key, site), group=group)
+    entry = cache_groups.get(scoped_key(key, site), group=group)
     if entry is None:
         return None
     claims = {"site": site, "owner": _claim(owner), "conversation": _claim(conversation)}
@@ -85,7 +85,7 @@ def set(  # the grouped API's name
     *,
     owner: Any,
     conversation: Any = None,
-    timeout: Any = grouped.NOT_GIVEN,
+    timeout: Any = cache_groups.NOT_GIVEN,
 ) -> bool:
     """Cache ``data`` under ``key`` in ``group`` with this site's claims.
 
@@ -105,7 +105,7 @@ def set(  # the grouped API's name
         "conversation": _claim(conversation),
         "data": data,
     }
-    grouped.set(scoped_key(key, site), entry, group=group, timeout=timeout)
+    cache_groups.set(scoped_key(key, site), entry, group=group, timeout=timeout)
     return True
 
 
@@ -114,4 +114,4 @@ def delete(key: str, group: str) -> bool:
     site = current_site()
     if site is None:
         return False
-    return grouped.delete(scoped_key(key, site), group=group)
+    return cache_groups.delete(scoped_key(key, site), group=group)

@@ -1,21 +1,35 @@
 """The cached user context (seed: user contexts live 5 minutes in the cache).
 
-Entries live in the ``user_context`` group through :mod:`mpai.chat.scoped_cache`:
-keyed by site and user, and used only when they claim this site and this user
-(issue 8: ids start at 1 on every site sharing a Redis).
+Entries live in the ``user_context`` group (:data:`mpai.chat.cache_groups.USER_CONTEXT`)
+through :mod:`mpai.chat.scoped_cache`: keyed by site and user, and used only when they
+claim this site and this user (issue 8: ids start at 1 on every site sharing a Redis).
 
-Invalidated by :mod:`mpai.cache.receivers` when the user is saved or deleted and when
-a site sends ``mpai.signals.membership_changed`` for its own membership events.
+The seed deleted ``user_context_<id>`` on ``profile_update`` and on membership
+transactions. Here the receivers below, connected in ``MpaiConfig.ready()``, delete this
+site's entry of the user when:
+
+- the user model sends ``post_save`` or ``post_delete``;
+- a site sends :data:`mpai.signals.membership_changed` (``sender``, ``user``) for its
+  own membership events.
+
+The entry is deleted at once and, when the change happens inside a transaction, again
+after it commits, so a request that read the old row before the commit cannot leave
+the old context cached for its whole lifetime. Receivers never raise: an error is
+logged.
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from django.contrib.auth import get_user_model
+from django.db import transaction
 
-from mpai.cache.grouped import USER_CONTEXT as GROUP
 from mpai.chat import scoped_cache
+from mpai.chat.cache_groups import USER_CONTEXT as GROUP
+
+logger = logging.getLogger("mpai.cache")
 
 
 def get_user_context(user: Any) -> dict[str, Any]:
@@ -51,3 +65,42 @@ def delete_user_context(user: Any) -> bool:
     return whether it was cached."""
     pk = getattr(user, "pk", user)
     return scoped_cache.delete(str(pk), GROUP)
+
+
+# -- invalidation receivers -----------------------------------------------------------
+
+
+def invalidate_user_context(user: Any) -> None:
+    """Delete the cached context of ``user`` (an instance or a primary key) now and
+    after the current transaction commits. Never raises."""
+    pk = getattr(user, "pk", user)
+    if pk is None:
+        return
+    _delete_quietly(pk)
+    try:
+        if transaction.get_connection().in_atomic_block:
+            transaction.on_commit(lambda: _delete_quietly(pk))
+    except Exception:  # e.g. no usable database connection: the first delete stands
+        logger.debug("mpai cache: could not defer the user-context delete", exc_info=True)
+
+
+def _delete_quietly(pk: Any) -> None:
+    try:
+        delete_user_context(pk)
+    except Exception:
+        logger.exception("mpai cache: could not invalidate the context of user %s", pk)
+
+
+def on_user_saved(sender: Any, instance: Any, **kwargs: Any) -> None:
+    """``post_save``/``post_delete`` receiver for the user model."""
+    if kwargs.get("raw"):
+        return  # fixture loading
+    invalidate_user_context(instance)
+
+
+def on_membership_changed(sender: Any, user: Any = None, **kwargs: Any) -> None:
+    """``membership_changed`` receiver."""
+    if user is None:
+        logger.warning("mpai cache: membership_changed sent by %r without a user", sender)
+        return
+    invalidate_user_context(user)

@@ -107,7 +107,7 @@ def test_a_process_ignores_the_echo_of_its_own_writes(
     # the echo of ours has been handled too.
     peer.request(op="set", key="other", value=1, timeout=300)
     wait_until(lambda: here.stats()["memory"]["invalidations_received"] > received)
-    assert here._stack.store.peek(here.make_key("mine")) is not None
+    assert here.stack.store.peek(here.make_key("mine")) is not None
 
 
 def test_several_processes_converge(here: LayeredCache, make_peer: Callable[[], Peer]) -> None:

@@ -91,7 +91,7 @@ def test_get_many(cache: LayeredCache) -> None:
 
 def test_get_many_from_slower_layers(cache: LayeredCache) -> None:
     cache.set_many({"a": 1, "b": 2})
-    cache._stack.store.clear()
+    cache.stack.store.clear()
     assert cache.get_many(["a", "b", "c"]) == {"a": 1, "b": 2}
 
 
@@ -182,7 +182,7 @@ def test_data_types(cache: LayeredCache) -> None:
     for key, value in tests.items():
         cache.set(key, value)
         assert cache.get(key) == value
-        cache._stack.store.clear()  # and from the shared layers
+        cache.stack.store.clear()  # and from the shared layers
         assert cache.get(key) == value
 
 
@@ -209,7 +209,7 @@ def test_expiration(cache: LayeredCache) -> None:
 def test_expired_entries_are_misses_in_every_layer(cache: LayeredCache) -> None:
     cache.set("short", "value", 0.3)
     wait_until(lambda: cache.get("short") is None)
-    cache._stack.store.clear()
+    cache.stack.store.clear()
     assert cache.get("short") is None
     assert cache.has_key("short") is False
 
@@ -218,7 +218,7 @@ def test_touch(cache: LayeredCache, raw_redis: Any) -> None:
     cache.set("expire1", "very quickly", timeout=1)
     assert cache.touch("expire1", timeout=400) is True
     assert 390_000 < raw_redis.pttl(cache.make_key("expire1")) <= 400_000
-    cache._stack.store.clear()
+    cache.stack.store.clear()
     assert cache.get("expire1") == "very quickly"
     cache.set("expire2", "very quickly", timeout=1)
     assert cache.touch("expire2") is True  # the default timeout, 300 s
@@ -243,7 +243,7 @@ def test_unicode(cache: LayeredCache) -> None:
     for key in stuff:
         assert cache.delete(key) is True
     cache.set_many(stuff)
-    cache._stack.store.clear()
+    cache.stack.store.clear()
     for key, value in stuff.items():
         assert cache.get(key) == value
 
@@ -293,7 +293,7 @@ def test_long_timeout(cache: LayeredCache) -> None:
     assert cache.add("key2", "ham", 60 * 60 * 24 * 30 + 1) is True
     assert cache.get("key2") == "ham"
     cache.set_many({"key3": "sausage", "key4": "lobster bisque"}, 60 * 60 * 24 * 30 + 1)
-    cache._stack.store.clear()
+    cache.stack.store.clear()
     assert cache.get("key3") == "sausage"
     assert cache.get("key4") == "lobster bisque"
 
@@ -312,7 +312,7 @@ def test_forever_timeout(cache: LayeredCache, raw_redis: Any) -> None:
     cache.set("key5", "belgian fries", timeout=1)
     assert cache.touch("key5", timeout=None) is True
     assert raw_redis.pttl(cache.make_key("key5")) == -1
-    cache._stack.store.clear()
+    cache.stack.store.clear()
     assert cache.get("key5") == "belgian fries"
 
 
@@ -332,7 +332,7 @@ def test_zero_timeout(cache: LayeredCache) -> None:
 def test_zero_timeout_set_removes_an_existing_value(cache: LayeredCache) -> None:
     cache.set("key", "old")
     cache.set("key", "new", 0)
-    cache._stack.store.clear()
+    cache.stack.store.clear()
     assert cache.get("key") is None
 
 
@@ -376,7 +376,7 @@ def test_long_keys_still_work_in_every_layer(cache: LayeredCache) -> None:
     key = "k" * 300
     with pytest.warns(CacheKeyWarning):
         cache.set(key, "long")
-    cache._stack.store.clear()
+    cache.stack.store.clear()
     with pytest.warns(CacheKeyWarning):
         assert cache.get(key) == "long"
     assert cache.stats()["database"]["errors"] == 0
@@ -530,7 +530,7 @@ def test_returned_objects_are_copies(cache: LayeredCache) -> None:
     first = cache.get("mutable")
     first["items"].append(2)
     assert cache.get("mutable") == {"items": [1]}
-    cache._stack.store.clear()
+    cache.stack.store.clear()
     second = cache.get("mutable")  # read from Redis, kept in L1
     second["items"].append(3)
     assert cache.get("mutable") == {"items": [1]}
@@ -561,7 +561,7 @@ async def _exercise_async_twins(cache: LayeredCache) -> None:
     assert await cache.aincr_version("e") == 2
     assert await cache.aget("e", version=2) == "computed"
     assert await cache.adecr_version("e", version=2) == 1
-    cache._stack.store.clear()
+    cache.stack.store.clear()
     assert await cache.aget("b") == 2  # from the shared layers, through a thread
     await cache.aclear()
     assert await cache.aget("b") is None
@@ -570,7 +570,7 @@ async def _exercise_async_twins(cache: LayeredCache) -> None:
 
 def test_timeout_none_in_l1_does_not_expire(cache: LayeredCache) -> None:
     cache.set("forever", 1, None)
-    entry = cache._stack.store.peek(cache.make_key("forever"))
+    entry = cache.stack.store.peek(cache.make_key("forever"))
     assert entry is not None
     assert entry[1] is None
 

@@ -16,7 +16,7 @@ pytestmark = pytest.mark.django_db
 
 
 def layer(cache: LayeredCache, name: str) -> SharedLayer:
-    return next(layer for layer in cache._stack.layers if layer.name == name)
+    return next(layer for layer in cache.stack.layers if layer.name == name)
 
 
 def envelope(value: Any, lifetime: float | None) -> tuple[float | None, bytes]:
@@ -26,8 +26,8 @@ def envelope(value: Any, lifetime: float | None) -> tuple[float | None, bytes]:
 
 def l1_lifetime(cache: LayeredCache, key: str) -> float:
     full = cache.make_key(key)
-    with cache._stack.store._lock:
-        return cache._stack.store._data[full].expires - time.monotonic()
+    with cache.stack.store._lock:
+        return cache.stack.store._data[full].expires - time.monotonic()
 
 
 def test_an_l3_hit_fills_l2_and_l1_with_the_remaining_lifetime(
@@ -75,8 +75,8 @@ def test_a_fill_never_overwrites_a_newer_value_in_a_faster_layer(configure: Any)
     cache = configure()
     full = cache.make_key("k")
     layer(cache, "redis").backend.set(full, envelope("new", 60), 60)
-    cache._stack._fill_shared(full, envelope("old", 60), [layer(cache, "redis")])
-    cache._stack.store.clear()
+    cache.stack._fill_shared(full, envelope("old", 60), [layer(cache, "redis")])
+    cache.stack.store.clear()
     assert cache.get("k") == "new"
 
 
@@ -97,11 +97,11 @@ def test_writes_and_deletes_reach_every_layer(configure: Any, raw_redis: Any) ->
     database = layer(cache, "database").backend
     cache.set("k", "v", 100)
     full = cache.make_key("k")
-    assert cache._stack.store.peek(full) is not None
+    assert cache.stack.store.peek(full) is not None
     assert raw_redis.exists(full) == 1
     assert database.get(full)[1] == pickle.dumps("v", pickle.HIGHEST_PROTOCOL)
     assert cache.delete("k") is True
-    assert cache._stack.store.peek(full) is None
+    assert cache.stack.store.peek(full) is None
     assert raw_redis.exists(full) == 0
     assert database.get(full) is None
 
@@ -147,7 +147,7 @@ def test_stats_shape(configure: Any) -> None:
 def test_a_stack_without_redis_serves_from_memory_and_database(configure: Any) -> None:
     cache = configure(redis=False)
     cache.set("k", "v")
-    cache._stack.store.clear()
+    cache.stack.store.clear()
     assert cache.get("k") == "v"
     stats = cache.stats()
     assert list(stats) == ["memory", "database"]
@@ -242,6 +242,6 @@ def test_any_django_backend_can_be_a_layer() -> None:
         },
     )
     cache.set("k", {"v": 1}, 30)
-    cache._stack.store.clear()
+    cache.stack.store.clear()
     assert cache.get("k") == {"v": 1}
     assert cache.stats()["locmem"]["hits"] == 1

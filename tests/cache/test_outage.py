@@ -37,7 +37,7 @@ OUTAGE_OPTIONS = {
 
 
 def layer(cache: LayeredCache, name: str) -> SharedLayer:
-    return next(layer for layer in cache._stack.layers if layer.name == name)
+    return next(layer for layer in cache.stack.layers if layer.name == name)
 
 
 def messages(caplog: pytest.LogCaptureFixture, text: str) -> list[str]:
@@ -89,7 +89,7 @@ def test_redis_stopped_and_started_during_a_run(
         assert cache.get_many(["k", "during-1"]) == {"k": "v", "during-1": 1}
         wait_until(lambda: cache.stats()["memory"]["listener"] == "down")
 
-        cache._stack.store.clear()  # without L1, the database answers
+        cache.stack.store.clear()  # without L1, the database answers
         database_hits = cache.stats()["database"]["hits"]
         assert cache.get("k") == "v"
         assert cache.get("during-5") == 5
@@ -108,10 +108,10 @@ def test_redis_stopped_and_started_during_a_run(
     wait_until(lambda: cache.stats()["memory"]["listener"] == "connected")
     assert len(messages(caplog, "layer 'redis' is available again")) == 1
     # Redis came back empty; it is used again and refilled from the database.
-    cache._stack.store.clear()
+    cache.stack.store.clear()
     assert cache.get("during-7") == 7
     hits = cache.stats()["redis"]["hits"]
-    cache._stack.store.clear()
+    cache.stack.store.clear()
     assert cache.get("during-7") == 7
     assert cache.stats()["redis"]["hits"] == hits + 1
     assert cache.get("counter") == 2
@@ -126,16 +126,16 @@ def test_l1_entries_are_short_lived_while_the_listener_is_down(
         wait_until(lambda: cache.stats()["memory"]["listener"] == "down")
         cache.set("k", "v", 300)
         full = cache.make_key("k")
-        with cache._stack.store._lock:
-            lifetime = cache._stack.store._data[full].expires - time.monotonic()
+        with cache.stack.store._lock:
+            lifetime = cache.stack.store._data[full].expires - time.monotonic()
         assert lifetime <= OUTAGE_OPTIONS["DEGRADED_L1_TIMEOUT"]
         assert cache.get("k") == "v"  # served by L1 or, once expired there, the database
     finally:
         redis_server.start()
     wait_until(lambda: cache.stats()["memory"]["listener"] == "connected")
     cache.set("k", "v", 300)
-    with cache._stack.store._lock:
-        lifetime = cache._stack.store._data[cache.make_key("k")].expires - time.monotonic()
+    with cache.stack.store._lock:
+        lifetime = cache.stack.store._data[cache.make_key("k")].expires - time.monotonic()
     assert lifetime > 200
 
 
@@ -157,7 +157,7 @@ def test_writes_missed_by_a_hanging_redis_are_repaired_when_it_returns(
     wait_until(lambda: cache.stats()["redis"]["state"] == "closed")
     assert cache.get("k") == "new"
     assert cache.stats()["redis"]["journal"] == 0
-    cache._stack.store.clear()
+    cache.stack.store.clear()
     assert cache.get("k") == "new"
     value = raw_redis.get(full)  # refilled from the database, with the new value
     client = layer(cache, "redis").backend.client  # type: ignore[attr-defined]
@@ -174,7 +174,7 @@ def test_database_down(configure: Any, caplog: pytest.LogCaptureFixture) -> None
         cache.set("k", "new", 300)
         for i in range(10):
             cache.set(f"k{i}", i, 300)
-            cache._stack.store.clear()
+            cache.stack.store.clear()
             assert cache.get(f"k{i}") == i  # from Redis
         assert cache.get("k") == "new"
         stats = cache.stats()["database"]
@@ -335,7 +335,7 @@ def test_a_key_held_by_the_database_is_read_from_it_while_redis_hangs(
     cache.set("k", "v", 300)
     cache.set_many({"a": 1, "b": 2}, 300)
     with redis_hung(redis_server):
-        cache._stack.store.clear()  # L1 cannot answer: Redis, then the database
+        cache.stack.store.clear()  # L1 cannot answer: Redis, then the database
         # Redis hangs until the end of the block; the reads must not wait for it.
         assert in_thread(lambda: cache.get("k"), 10.0) == "v"
         assert in_thread(lambda: cache.get_many(["a", "b", "missing"]), 10.0) == {"a": 1, "b": 2}
@@ -353,7 +353,7 @@ def test_a_read_that_finds_redis_hanging_does_not_also_try_to_fill_it(
     cache.set("k", "v", 300)
     redis = layer(cache, "redis")
     with redis_hung(redis_server), recorded_calls(redis.backend) as calls:
-        cache._stack.store.clear()
+        cache.stack.store.clear()
         assert cache.get("k") == "v"  # from the database
     # One timeout, not two: the value found in the database is not copied into the
     # layer that has just failed this very read.
@@ -373,7 +373,7 @@ def test_once_the_breaker_opens_reads_skip_a_hanging_redis_and_it_is_probed_else
 
         def read_all() -> bool:
             for i in range(5):
-                cache._stack.store.clear()
+                cache.stack.store.clear()
                 assert cache.get(f"k{i}") == i
             return cache.stats()["redis"]["state"] != "closed"
 
@@ -385,7 +385,7 @@ def test_once_the_breaker_opens_reads_skip_a_hanging_redis_and_it_is_probed_else
             def probed_twice() -> bool:
                 nonlocal reads
                 for i in range(5):
-                    cache._stack.store.clear()
+                    cache.stack.store.clear()
                     assert cache.get(f"k{i}") == i
                     reads += 1
                 # Each BREAKER_RESET (0.2 s) one probe of the hanging layer is due.

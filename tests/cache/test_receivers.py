@@ -5,10 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from django.apps import apps
 
-from mpai.cache import grouped
-from mpai.cache.receivers import connect_receivers
-from mpai.chat import scoped_cache
+from mpai.chat import cache_groups, scoped_cache
 from mpai.chat.usercontext import store_user_context
 from mpai.signals import membership_changed
 from mpai.site_identity import site_identity
@@ -24,8 +23,13 @@ def cache(configure: Any, settings: Any) -> Any:
     return layered
 
 
+def connect_receivers() -> None:
+    """Connect the receivers as Django does at start-up (``MpaiConfig.ready()``)."""
+    apps.get_app_config("mpai").ready()
+
+
 def cached_context(user: Any) -> Any:
-    return scoped_cache.get(str(user.pk), grouped.USER_CONTEXT, owner=user.pk)
+    return scoped_cache.get(str(user.pk), cache_groups.USER_CONTEXT, owner=user.pk)
 
 
 def remember_context(user: Any) -> None:
@@ -46,7 +50,7 @@ def test_deleting_the_user_invalidates_its_context(cache: Any, user: Any) -> Non
     remember_context(user)
     pk = user.pk
     user.delete()
-    assert scoped_cache.get(str(pk), grouped.USER_CONTEXT, owner=pk) is None
+    assert scoped_cache.get(str(pk), cache_groups.USER_CONTEXT, owner=pk) is None
 
 
 def test_membership_changed_invalidates_the_context(cache: Any, user: Any) -> None:
@@ -70,21 +74,21 @@ def test_the_context_is_invalidated_again_after_commit(
     assert cached_context(user) is None
 
 
-def test_connect_receivers_is_idempotent(cache: Any, user: Any) -> None:
+def test_ready_connects_each_receiver_once(cache: Any, user: Any) -> None:
     connect_receivers()
     connect_receivers()
     deletes: list[str] = []
-    original = grouped.delete
+    original = cache_groups.delete
 
-    def counting_delete(key: Any, group: str = grouped.DEFAULT_GROUP) -> bool:
+    def counting_delete(key: Any, group: str = cache_groups.DEFAULT_GROUP) -> bool:
         deletes.append(key)
         return original(key, group)
 
-    grouped.delete = counting_delete
+    cache_groups.delete = counting_delete
     try:
         membership_changed.send(sender=object, user=user)
     finally:
-        grouped.delete = original
+        cache_groups.delete = original
     # One receiver, not three (on_commit runs later).
     assert deletes == [f"{site_identity()}:{user.pk}"]
 
@@ -93,7 +97,7 @@ def test_a_receiver_never_raises(cache: Any, user: Any, monkeypatch: Any) -> Non
     def broken(*args: Any, **kwargs: Any) -> bool:
         raise RuntimeError("cache exploded")
 
-    monkeypatch.setattr(grouped, "delete", broken)
+    monkeypatch.setattr(cache_groups, "delete", broken)
     user.save()  # no exception
     membership_changed.send(sender=object, user=user)
     membership_changed.send(sender=object)  # no user: logged, ignored

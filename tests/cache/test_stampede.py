@@ -134,14 +134,14 @@ def test_a_deleted_value_is_never_served_stale(configure: Any) -> None:
     cache.set("k", "old", 300)
     cache.get("k")
     cache.delete("k")
-    assert cache._stack.store.get_stale(cache.make_key("k")) is None
+    assert cache.stack.store.get_stale(cache.make_key("k")) is None
     assert cache.get_or_set("k", lambda: "fresh", 300) == "fresh"
 
 
 def test_a_caller_waits_for_another_process_that_holds_the_lock(configure: Any) -> None:
     cache = configure(LOCK_TIMEOUT=10)
     lock_key = cache.make_key("k") + LOCK_SUFFIX
-    redis_layer = cache._stack.layers[0]
+    redis_layer = cache.stack.layers[0]
     assert redis_layer.lock_add(lock_key, "another-process", 10) is True
 
     def other_process_finishes() -> None:
@@ -164,7 +164,7 @@ def test_a_caller_waits_for_another_process_that_holds_the_lock(configure: Any) 
 def test_a_lock_left_by_a_dead_process_delays_at_most_lock_timeout(configure: Any) -> None:
     cache = configure(LOCK_TIMEOUT=0.5)
     lock_key = cache.make_key("k") + LOCK_SUFFIX
-    redis_layer = cache._stack.layers[0]
+    redis_layer = cache.stack.layers[0]
     assert redis_layer.lock_add(lock_key, "dead-process", 0.5) is True
     calls: list[int] = []
 

@@ -83,10 +83,9 @@ def main(config: dict[str, Any]) -> None:
     conversation_id = None
     replies, cached = [], []
     for text in config["messages"]:
-        turn = pipeline.start(user=user, content=text, conversation_id=conversation_id)
-        conversation_id = turn.conversation.pk
-        deltas: list[str] = []
-        result = pipeline.run(turn, on_delta=deltas.append)
+        result = pipeline.complete(user=user, content=text, conversation_id=conversation_id)
+        conversation_id = result.conversation_id
+        deltas = [result.message.content]
         replies.append("".join(deltas))
         cached.append(result.cached)
     warnings = [m.id for m in checks.run_checks() if m.level == checks.WARNING]

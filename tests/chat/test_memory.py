@@ -5,6 +5,7 @@ import math
 import pytest
 
 from mpai.chat.memory import ConversationMemory
+from tests.chat.turning import drive
 
 
 def fill(memory: ConversationMemory, pairs: int) -> None:
@@ -70,11 +71,11 @@ def test_trimming_never_touches_saved_messages(user, db):
         MPAI={"MEMORY_MAX_PAIRS": pipeline_settings_pairs, "RESPONSE_CACHE_ENABLED": False}
     ):
         for i in range(10):
-            turn = pipeline.start(
+            events = pipeline.stream(
                 user=user, content=f"question {i}", conversation_id=conversation_id
             )
-            conversation_id = turn.conversation.pk
-            pipeline.run(turn, on_delta=lambda text: None)
+            conversation_id = events.turn.conversation.pk
+            drive(events)
         memory = pipeline.memories[conversation_id]
         assert memory.trims >= 1
         assert len(memory.messages) < 14

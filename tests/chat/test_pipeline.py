@@ -8,9 +8,12 @@ import pytest
 
 from mpai import signals
 from mpai.chat.pipeline import ChatPipeline
+from mpai.chat.turns import Delta
 from mpai.exceptions import ConversationNotFound, InvalidMessage, MessageTooLong
 from mpai.models import Conversation, Message
 from mpai.providers.offline import OfflineProvider
+from tests.chat.turning import drive
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.django_db
 
@@ -26,8 +29,9 @@ def pipeline(**options) -> ChatPipeline:
 
 def run_turn(pipe, user, content="Hello there", **start_kwargs):
     deltas: list[str] = []
-    turn = pipe.start(user=user, content=content, **start_kwargs)
-    result = pipe.run(turn, on_delta=deltas.append)
+    events = pipe.stream(user=user, content=content, **start_kwargs)
+    turn = events.turn
+    result = drive(events, deltas.append)
     return turn, result, deltas
 
 
@@ -133,22 +137,29 @@ def test_a_receiver_that_raises_does_not_break_the_chat(user, caplog):
     assert "receiver bug" in caplog.text
 
 
-def test_a_failing_delta_callback_does_not_stop_the_reply(user):
+@pytest.mark.django_db(transaction=True)  # the reply is finished on another thread
+def test_an_exception_in_the_reader_of_the_stream_does_not_stop_the_reply(user):
     """A closed connection is not a cancel: the reply is saved complete."""
     pipe = pipeline()
-    turn = pipe.start(user=user, content="hi")
+    events = pipe.stream(user=user, content="hi")
 
-    def gone(text):
-        raise ConnectionError("client went away")
+    def read_until_the_client_goes():
+        with events:
+            for event in events:
+                if isinstance(event, Delta):
+                    raise ConnectionError("client went away")
 
-    result = pipe.run(turn, on_delta=gone)
-    assert result.status == "complete"
-    assert Message.objects.get(pk=result.message.pk).content == REPLY
+    with pytest.raises(ConnectionError):
+        read_until_the_client_goes()
+    reply = events.turn.assistant_message
+    wait_until(lambda: Message.objects.get(pk=reply.pk).status == "complete")
+    assert Message.objects.get(pk=reply.pk).content == REPLY
 
 
 def test_cancel_saves_the_partial_reply_as_cancelled(user):
     pipe = pipeline(tokens_per_second=50)
-    turn = pipe.start(user=user, content="hi")
+    events = pipe.stream(user=user, content="hi")
+    turn = events.turn
     deltas: list[str] = []
 
     def on_delta(text):
@@ -156,7 +167,7 @@ def test_cancel_saves_the_partial_reply_as_cancelled(user):
         if len(deltas) == 2:
             threading.Thread(target=turn.cancel).start()
 
-    result = pipe.run(turn, on_delta=on_delta)
+    result = drive(events, on_delta)
     saved = Message.objects.get(pk=result.message.pk)
     assert result.status == saved.status == "cancelled"
     assert result.finish_reason is None
@@ -167,18 +178,18 @@ def test_cancel_saves_the_partial_reply_as_cancelled(user):
 def test_another_users_conversation_is_not_found(user, make_user):
     other_turn, _, _ = run_turn(pipeline(), make_user())
     with pytest.raises(ConversationNotFound):
-        pipeline().start(user=user, content="hi", conversation_id=other_turn.conversation.pk)
+        pipeline().stream(user=user, content="hi", conversation_id=other_turn.conversation.pk)
     for bad in ("abc", 10**30, {"id": 1}, 999999, True, 1.0, [1]):
         with pytest.raises(ConversationNotFound):
-            pipeline().start(user=user, content="hi", conversation_id=bad)
+            pipeline().stream(user=user, content="hi", conversation_id=bad)
 
 
 def test_bad_input_saves_nothing(user, settings):
     settings.MPAI = {**settings.MPAI, "MAX_MESSAGE_LENGTH": 5}
     with pytest.raises(InvalidMessage):
-        pipeline().start(user=user, content="   ")
+        pipeline().stream(user=user, content="   ")
     with pytest.raises(MessageTooLong):
-        pipeline().start(user=user, content="too long")
+        pipeline().stream(user=user, content="too long")
     assert not Message.objects.exists()
     assert not Conversation.objects.exists()
 
@@ -211,9 +222,9 @@ def test_no_database_connection_is_held_while_the_provider_streams(user):
     from django.db import connection
 
     pipe = pipeline()
-    turn = pipe.start(user=user, content="hello", use_cache=False)
+    events = pipe.stream(user=user, content="hello", use_cache=False)
     held: list[bool] = []
-    result = pipe.run(turn, on_delta=lambda text: held.append(connection.connection is not None))
+    result = drive(events, lambda text: held.append(connection.connection is not None))
     assert held
     assert not any(held)
     assert Message.objects.get(pk=result.message.pk).content == REPLY

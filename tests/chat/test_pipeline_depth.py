@@ -12,6 +12,7 @@ from mpai.chat.pipeline import ChatPipeline
 from mpai.exceptions import MessageTooLong, RateLimited
 from mpai.models import Conversation, Message
 from mpai.signals import membership_changed
+from tests.chat.turning import drive
 
 pytestmark = pytest.mark.django_db
 
@@ -48,9 +49,9 @@ def seen_contexts():
 
 def chat(pipeline, user, content, **kwargs):
     deltas: list[str] = []
-    turn = pipeline.start(user=user, content=content, **kwargs)
-    result = pipeline.run(turn, on_delta=deltas.append)
-    return turn, result, deltas
+    events = pipeline.stream(user=user, content=content, **kwargs)
+    result = drive(events, deltas.append)
+    return events.turn, result, deltas
 
 
 def test_identical_request_is_served_from_the_response_cache(http_pipeline, fake_openai, user):
@@ -111,20 +112,20 @@ def test_rate_limit_rejects_with_retry_after_and_saves_nothing(settings, user):
     chat(pipeline, user, "one", client_id="a")
     chat(pipeline, user, "two")
     with pytest.raises(RateLimited) as excinfo:
-        pipeline.start(user=user, content="three")
+        pipeline.stream(user=user, content="three")
     assert excinfo.value.code == "rate_limited"
     assert 0 < excinfo.value.retry_after <= 100
     assert Message.objects.filter(content="three").count() == 0
     # A resend of an earlier client_id counts too: each one may wait for a reply, so
     # unlimited resends could tie up the process.
     with pytest.raises(RateLimited):
-        pipeline.start(user=user, content="one", client_id="a")
+        pipeline.stream(user=user, content="one", client_id="a")
 
 
 def test_query_alone_over_the_budget_is_too_long(settings, user):
     settings.MPAI = {**settings.MPAI, "MAX_INPUT_TOKENS": 120, "REPLY_RESERVE_TOKENS": 20}
     with pytest.raises(MessageTooLong):
-        ChatPipeline().start(user=user, content="word " * 200)
+        ChatPipeline().stream(user=user, content="word " * 200)
     assert not Message.objects.exists()
 
 

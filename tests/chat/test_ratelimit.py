@@ -15,10 +15,11 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import redis
@@ -31,16 +32,21 @@ from rest_framework.views import APIView
 
 from mpai.api.throttling import TokenBucketThrottle
 from mpai.benchmarks import ratelimit as ratelimit_benchmark
+from mpai.chat import ratelimit
 from mpai.chat.ratelimit import (
+    LUA_TOKEN_BUCKET,
     LUA_TOKEN_BUCKET_SHA,
     CacheTokenBucket,
     Decision,
     RedisTokenBucket,
+    TokenBucket,
+    breaker_state,
     bucket_key,
     enforce,
     get_rate_limiter,
     rate_limit_settings,
 )
+from mpai.chat.ratelimit.algorithm import take
 from mpai.exceptions import RateLimited
 from tests.redis_server import RedisServer
 from tests.waiting import wait_until
@@ -469,8 +475,6 @@ def test_a_check_given_up_on_charges_nothing_when_a_hung_redis_resumes(
 
 
 def test_a_script_run_after_its_deadline_charges_nothing(make_bucket, raw, prefix):
-    from mpai.chat.ratelimit import LUA_TOKEN_BUCKET
-
     seconds, micros = raw.time()
     now = seconds + micros / 1e6
     stale = raw.eval(LUA_TOKEN_BUCKET, 1, prefix + "k", 2, SLOW, 1, repr(now - 1))
@@ -482,6 +486,171 @@ def test_a_script_run_after_its_deadline_charges_nothing(make_bucket, raw, prefi
     assert float(fresh[3]) >= now  # Redis' clock, for the client's offset
     unbounded = raw.eval(LUA_TOKEN_BUCKET, 1, prefix + "k", 2, SLOW, 1, 0)
     assert int(unbounded[0]) == 1
+
+
+@pytest.mark.parametrize(
+    ("tokens", "age", "cost"),
+    [
+        (3.0, 0.0, 1),  # full: allowed
+        (0.0, 0.5, 1),  # empty, half a token refilled: rejected
+        (0.2, 2.0, 1),  # refilled past the cost: allowed
+        (1.0, 1000.0, 2),  # long idle: capped at capacity, then charged
+        (0.0, -100.0, 1),  # stamp ahead of the clock: rejected, waits for the stamp too
+        (3.0, -100.0, 1),  # stamp ahead, tokens enough: allowed, the stamp kept
+    ],
+)
+def test_lua_script_and_python_take_agree(raw, prefix, tokens, age, cost):
+    """The script and :func:`take` are one algorithm; the script returns its ``now``."""
+    capacity, rate = 3.0, 0.5
+    seconds, micros = raw.time()
+    stamp = seconds + micros / 1e6 - age
+    raw.hset(prefix + "k", mapping={"tokens": repr(tokens), "ts": repr(stamp)})
+
+    allowed, remaining, retry_after, now = raw.eval(
+        LUA_TOKEN_BUCKET, 1, prefix + "k", capacity, rate, cost, 0
+    )
+
+    step = take(tokens, stamp, now=float(now), capacity=capacity, refill_rate=rate, cost=cost)
+    assert bool(int(allowed)) is step.allowed
+    assert float(remaining) == pytest.approx(step.remaining, abs=1e-6)
+    assert float(retry_after) == pytest.approx(step.retry_after, abs=1e-6)
+    stored = raw.hgetall(prefix + "k")
+    assert float(stored[b"tokens"]) == pytest.approx(step.tokens, abs=1e-6)
+    assert float(stored[b"ts"]) == pytest.approx(step.stamp, abs=1e-6)
+    if step.allowed:
+        assert 0 < raw.pttl(prefix + "k") <= math.ceil(step.ttl * 1000)
+
+
+def test_token_bucket_reads_its_injected_clock():
+    clock = FakeClock()
+    bucket = TokenBucket(capacity=2, refill_rate=1.0, clock=clock)
+    first = bucket.take(None)
+    assert (first.allowed, first.remaining, first.stamp) == (True, 1.0, clock.now)
+    clock.now += 0.25
+    assert bucket.take((0.0, first.stamp)).retry_after == pytest.approx(0.75)
+    with pytest.raises(ValueError, match="positive"):
+        TokenBucket(capacity=0, refill_rate=1.0)
+
+
+class FailingClient:
+    """Stands in for a redis-py client: each EVALSHA runs the next behaviour given."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        self.client = client
+        self.behaviours: list[Callable[[], None]] = []
+        self.calls = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.client, name)
+
+    def evalsha(self, *args: Any) -> Any:
+        self.calls += 1
+        if self.behaviours:
+            self.behaviours.pop(0)()
+        return self.client.evalsha(*args)
+
+
+def _raise(exc: BaseException) -> Callable[[], None]:
+    def behaviour() -> None:
+        raise exc
+
+    return behaviour
+
+
+@pytest.fixture
+def breaker_bucket(
+    redis_url, prefix
+) -> Iterator[tuple[RedisTokenBucket, FailingClient, FakeClock]]:
+    """A Redis bucket whose breaker reads a fake clock (backoff 10 s), on a stub client."""
+    client = redis.Redis.from_url(redis_url)
+    stub = FailingClient(client)
+    clock = FakeClock()
+    bucket = RedisTokenBucket(
+        lambda: cast(redis.Redis, stub),
+        capacity=5,
+        refill_rate=SLOW,
+        key_prefix=prefix,
+        outage_backoff=10,
+        breaker_clock=clock,
+    )
+    yield bucket, stub, clock
+    client.close()
+
+
+def test_an_outage_opens_the_circuit_breaker_and_checks_skip_redis(breaker_bucket, caplog):
+    caplog.set_level(logging.INFO, logger="mpai.chat.ratelimit")
+    bucket, stub, clock = breaker_bucket
+    assert bucket.outage.snapshot()["state"] == "closed"
+    stub.behaviours = [_raise(redis.ConnectionError("refused"))]
+
+    assert bucket.check("k").fail_open  # the failure opens the breaker
+    skipped = [bucket.check("k") for _ in range(3)]
+
+    assert all(d.allowed and d.fail_open for d in skipped)
+    assert stub.calls == 1  # no I/O while open
+    state = bucket.outage.snapshot()
+    assert state["dependency"] == "Redis"
+    assert (state["state"], state["outages"], state["skipped"], state["errors"]) == (
+        "open",
+        1,
+        3,
+        1,
+    )
+    assert state["since"] == pytest.approx(time.time(), abs=60)
+
+    clock.now += 10  # the back-off has passed: one check probes Redis and closes it
+    assert not bucket.check("k").fail_open
+    state = bucket.outage.snapshot()
+    assert (state["state"], state["outages"]) == ("closed", 1)
+    back = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO]
+    assert len(back) == 1
+    assert "3 checks allowed unchecked" in back[0]
+    assert len([r for r in caplog.records if r.levelno == logging.WARNING]) == 1
+
+
+def test_only_one_check_probes_a_half_open_breaker(breaker_bucket):
+    """A hung Redis costs one caller a timeout per back-off period, not every caller."""
+    bucket, stub, clock = breaker_bucket
+    stub.behaviours = [_raise(redis.TimeoutError("timed out"))]
+    assert bucket.check("k").fail_open
+    probing, release = threading.Event(), threading.Event()
+
+    def hang() -> None:
+        probing.set()
+        release.wait(30)
+
+    stub.behaviours = [hang]
+    clock.now += 10
+    results: list[Decision] = []
+    prober = threading.Thread(target=lambda: results.append(bucket.check("k")))
+    prober.start()
+    try:
+        assert probing.wait(10)
+        assert bucket.outage.snapshot()["state"] == "half_open"
+        others = [bucket.check("k") for _ in range(3)]
+    finally:
+        release.set()
+        prober.join()
+    assert all(d.fail_open for d in others)
+    assert stub.calls == 2  # the first failure and the one probe
+    assert results[0].allowed
+    assert not results[0].fail_open
+    assert bucket.outage.snapshot()["state"] == "closed"
+
+
+def test_a_probe_that_raises_a_bug_leaves_the_breaker_open_not_half_open(breaker_bucket):
+    bucket, stub, clock = breaker_bucket
+    stub.behaviours = [_raise(redis.ConnectionError("refused")), _raise(RuntimeError("bug"))]
+    assert bucket.check("k").fail_open
+    clock.now += 10
+
+    with pytest.raises(RuntimeError, match="bug"):
+        bucket.check("k")
+
+    assert bucket.outage.snapshot()["state"] == "open"
+    assert bucket.check("k").fail_open  # skipped within the new period
+    clock.now += 10
+    assert not bucket.check("k").fail_open  # probed again, and closed
 
 
 # --- choosing the backend, enforce() ---------------------------------------------------
@@ -586,6 +755,48 @@ def test_enforce_fails_open_when_redis_is_down(rate_limit, redis_server):
         redis_server.start()
     assert decision.allowed
     assert decision.fail_open
+
+
+def test_breaker_state_reports_the_limiters_breaker(rate_limit, redis_server):
+    rate_limit(CAPACITY=1, REFILL_RATE=SLOW, OUTAGE_BACKOFF=3600)
+    enforce(address="192.0.2.1")
+    assert breaker_state() == {
+        "dependency": "Redis",
+        "state": "closed",
+        "since": None,
+        "outages": 0,
+        "skipped": 0,
+        "errors": 0,
+    }
+    redis_server.stop()
+    try:
+        decisions = [enforce(address="192.0.2.1") for _ in range(3)]
+    finally:
+        redis_server.start()
+    assert all(d.fail_open for d in decisions)
+    state = breaker_state()
+    assert state is not None
+    assert (state["state"], state["outages"], state["skipped"], state["errors"]) == (
+        "open",
+        1,
+        2,
+        1,
+    )
+    assert state["since"] == pytest.approx(time.time(), abs=60)
+
+
+def test_breaker_state_is_none_when_rate_limiting_is_off(rate_limit):
+    rate_limit(ENABLED=False)
+    assert breaker_state() is None
+
+
+def test_settings_arrive_merged_from_conf(rate_limit, settings):
+    """mpai.conf merges RATE_LIMIT over its defaults; the service reads it as it is."""
+    rate_limit(CAPACITY=3)
+    from mpai.conf import mpai_settings
+
+    assert rate_limit_settings() is mpai_settings.RATE_LIMIT
+    assert mpai_settings.RATE_LIMIT["OUTAGE_BACKOFF"] == 1.0
 
 
 # --- the cache bucket (embedded default) -----------------------------------------------
@@ -714,6 +925,45 @@ def test_throttle_is_off_when_rate_limiting_is_disabled(rate_limit):
     view = LimitedView.as_view()
     factory = APIRequestFactory()
     assert {view(factory.get("/limited/")).status_code for _ in range(3)} == {200}
+
+
+class ScopedThrottle(TokenBucketThrottle):
+    scope = "uploads"
+
+
+class ScopedView(LimitedView):
+    throttle_classes = [ScopedThrottle]
+
+
+def test_throttle_scope_gives_a_bucket_of_its_own(rate_limit, raw, prefix):
+    rate_limit(CAPACITY=1, REFILL_RATE=0.01)
+    factory = APIRequestFactory()
+    scoped, chat = ScopedView.as_view(), LimitedView.as_view()
+
+    def get(view: Any) -> int:
+        return view(factory.get("/limited/", REMOTE_ADDR="198.51.100.10")).status_code
+
+    assert [get(scoped), get(scoped), get(chat), get(chat)] == [200, 429, 200, 429]
+    assert raw.exists(prefix + "uploads:ip:198.51.100.10")
+    assert bucket_key(address="198.51.100.10", scope="uploads") == "uploads:ip:198.51.100.10"
+
+
+def test_throttle_and_enforce_call_the_one_service_function(rate_limit, monkeypatch):
+    rate_limit(CAPACITY=5)
+    calls: list[dict[str, Any]] = []
+    real = ratelimit.service.check
+
+    def spy(**kwargs: Any) -> Decision:
+        calls.append(kwargs)
+        return real(**kwargs)
+
+    monkeypatch.setattr(ratelimit, "check", spy)
+    monkeypatch.setattr(ratelimit.service, "check", spy)
+    LimitedView.as_view()(APIRequestFactory().get("/limited/", REMOTE_ADDR="198.51.100.11"))
+    enforce(address="198.51.100.11")
+
+    assert [call["address"] for call in calls] == ["198.51.100.11", "198.51.100.11"]
+    assert calls[0]["scope"] is None
 
 
 # --- benchmark suite ---------------------------------------------------------------------

@@ -7,6 +7,7 @@ import pytest
 
 from mpai.chat.pipeline import ChatPipeline
 from mpai.models import Message
+from tests.chat.turning import drive
 
 pytestmark = pytest.mark.django_db
 
@@ -28,8 +29,9 @@ def test_a_cut_off_stream_is_saved_as_an_error_with_its_partial_text(
 ):
     fake_openai.stream_truncated(["Our plans ", "start at"])
     deltas: list[str] = []
-    turn = http_pipeline.start(user=user, content="What plans do you have?")
-    result = http_pipeline.run(turn, on_delta=deltas.append)
+    result = drive(
+        http_pipeline.stream(user=user, content="What plans do you have?"), deltas.append
+    )
     assert "".join(deltas) == "Our plans start at"
     assert result.status == "error"
     assert result.error is not None

@@ -9,8 +9,7 @@ from typing import Any
 import pytest
 from django.db import DatabaseError, transaction
 
-from mpai.cache import grouped
-from mpai.chat import history_cache, response_cache, scoped_cache
+from mpai.chat import cache_groups, history_cache, response_cache, scoped_cache
 from mpai.chat.usercontext import get_user_context
 from mpai.models import Conversation, SiteIdentity
 from mpai.providers import ChatRequest
@@ -27,7 +26,7 @@ def conversation(user: Any) -> Conversation:
 
 def forge(key: str, group: str, **claims: Any) -> None:
     """Store an entry under this site's key with the given claims."""
-    grouped.set(scoped_cache.scoped_key(key, site_identity()), claims, group=group)
+    cache_groups.set(scoped_cache.scoped_key(key, site_identity()), claims, group=group)
 
 
 @pytest.mark.django_db
@@ -77,7 +76,7 @@ def test_a_conversation_context_hit_claiming_anything_else_is_a_miss(
 @pytest.mark.django_db
 def test_an_entry_keyed_by_the_id_alone_is_never_read(conversation: Conversation) -> None:
     # What a site without this fix (or sharing the Redis) leaves under the bare id.
-    grouped.set(str(conversation.pk), MESSAGES, group=history_cache.GROUP)
+    cache_groups.set(str(conversation.pk), MESSAGES, group=history_cache.GROUP)
     assert history_cache.read_conversation_context(conversation) is None
 
 
@@ -100,13 +99,15 @@ def test_a_user_context_of_another_site_or_user_is_not_used(user: Any) -> None:
     for claims in ({"site": OTHER_SITE, "owner": str(user.pk)}, {"owner": str(user.pk + 1)}):
         forge(
             str(user.pk),
-            grouped.USER_CONTEXT,
+            cache_groups.USER_CONTEXT,
             **{"site": site_identity(), "conversation": None, "data": forged, **claims},
         )
         assert get_user_context(user)["name"] == "Real"
-        scoped_cache.delete(str(user.pk), grouped.USER_CONTEXT)
+        scoped_cache.delete(str(user.pk), cache_groups.USER_CONTEXT)
     get_user_context(user)  # cached now, with this site's claims
-    assert scoped_cache.get(str(user.pk), grouped.USER_CONTEXT, owner=user.pk)["name"] == "Real"
+    assert (
+        scoped_cache.get(str(user.pk), cache_groups.USER_CONTEXT, owner=user.pk)["name"] == "Real"
+    )
 
 
 @pytest.mark.django_db
@@ -120,7 +121,7 @@ def test_without_a_site_identity_nothing_is_read_or_stored(
 
     monkeypatch.setattr(scoped_cache, "site_identity", unavailable)
     assert history_cache.read_conversation_context(conversation) is None
-    assert scoped_cache.set("k", 1, grouped.USER_CONTEXT, owner=1) is False
+    assert scoped_cache.set("k", 1, cache_groups.USER_CONTEXT, owner=1) is False
     request = ChatRequest(model="m", messages=MESSAGES)
     response_cache.store(request, text="cached", finish_reason="stop", usage=None)
     assert response_cache.lookup(request) is None
@@ -134,7 +135,7 @@ def test_the_response_cache_is_keyed_and_checked_by_site() -> None:
     assert response_cache.cache_key(request, OTHER_SITE) != response_cache.cache_key(request, here)
     response_cache.store(request, text="ours", finish_reason="stop", usage=None)
     assert response_cache.lookup(request).text == "ours"
-    grouped.set(
+    cache_groups.set(
         response_cache.cache_key(request),
         {"site": OTHER_SITE, "text": "theirs", "finish_reason": "stop", "usage": None},
         group=response_cache.GROUP,

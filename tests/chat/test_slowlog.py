@@ -4,6 +4,7 @@ from types import SimpleNamespace
 import pytest
 
 from mpai.chat.slowlog import level_for, log_stage_timings
+from tests.chat.turning import drive
 
 
 @pytest.mark.parametrize(
@@ -49,6 +50,5 @@ def test_connected_to_request_complete(user, db, caplog):
 
     caplog.set_level(logging.DEBUG, logger="mpai.slow")
     pipeline = ChatPipeline(OfflineProvider(first_token_ms=0, tokens_per_second=0, reply="hi"))
-    turn = pipeline.start(user=user, content="hello")
-    pipeline.run(turn, on_delta=lambda text: None)
+    drive(pipeline.stream(user=user, content="hello"))
     assert {r.stage for r in caplog.records} >= {"total", "context"}

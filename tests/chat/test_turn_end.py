@@ -13,6 +13,7 @@ from mpai.chat import pipeline as pipeline_module
 from mpai.chat.pipeline import ChatPipeline, save_reply
 from mpai.models import Conversation, Message
 from mpai.providers.offline import OfflineProvider
+from tests.chat.turning import drive
 
 pytestmark = pytest.mark.django_db
 
@@ -25,14 +26,15 @@ def offline_pipeline() -> ChatPipeline:
 
 def test_an_unexpected_failure_after_streaming_saves_the_partial_reply_as_error(user, monkeypatch):
     pipe = offline_pipeline()
-    turn = pipe.start(user=user, content="hello")
+    events = pipe.stream(user=user, content="hello")
+    turn = events.turn
     deltas: list[str] = []
 
     def broken_store(*args, **kwargs):
         raise RuntimeError("cache exploded")
 
     monkeypatch.setattr(pipeline_module.response_cache, "store", broken_store)
-    result = pipe.run(turn, on_delta=deltas.append)
+    result = drive(events, deltas.append)
     saved = Message.objects.get(pk=turn.assistant_message.pk)
     assert result.error is not None
     assert result.error.code == "internal_error"
@@ -43,7 +45,8 @@ def test_an_unexpected_failure_after_streaming_saves_the_partial_reply_as_error(
 @pytest.mark.django_db(transaction=True)  # the retry closes the connection
 def test_the_final_save_is_retried_on_a_fresh_connection(user, monkeypatch):
     pipe = offline_pipeline()
-    turn = pipe.start(user=user, content="hello")
+    events = pipe.stream(user=user, content="hello")
+    turn = events.turn
     real_save = Message.save
     failures = []
 
@@ -54,7 +57,7 @@ def test_the_final_save_is_retried_on_a_fresh_connection(user, monkeypatch):
         return real_save(self, *args, **kwargs)
 
     monkeypatch.setattr(Message, "save", flaky_save)
-    result = pipe.run(turn, on_delta=lambda text: None)
+    result = drive(events)
     assert failures == [1]
     assert result.status == "complete"
     assert Message.objects.get(pk=turn.assistant_message.pk).content == REPLY
@@ -91,8 +94,9 @@ def stuck_reply(user, client_id: str, heartbeat_at) -> Message:
 def test_a_resend_of_an_orphaned_reply_marks_it_failed_and_says_so(user):
     reply = stuck_reply(user, "c1", timezone.now() - timedelta(minutes=10))
     pipe = offline_pipeline()
-    turn = pipe.start(user=user, content="hi", client_id="c1")
-    result = pipe.run(turn, on_delta=lambda text: None)
+    events = pipe.stream(user=user, content="hi", client_id="c1")
+    turn = events.turn
+    result = drive(events)
     assert turn.replayed
     assert result.error is not None
     assert result.error.code == "internal_error"
@@ -104,8 +108,8 @@ def test_a_resend_of_a_live_reply_ends_at_its_deadline_and_leaves_the_reply_alon
     settings.MPAI = {**settings.MPAI, "REPLAY_TIMEOUT_SECONDS": 0.3, "REPLAY_POLL_SECONDS": 0.05}
     reply = stuck_reply(user, "c2", timezone.now() + timedelta(hours=1))
     pipe = offline_pipeline()
-    turn = pipe.start(user=user, content="hi", client_id="c2")
-    result = pipe.run(turn, on_delta=lambda text: None)
+    events = pipe.stream(user=user, content="hi", client_id="c2")
+    result = drive(events)
     assert result.error is not None
     assert result.error.code == "provider_timeout"
     reply.refresh_from_db()

@@ -1,8 +1,25 @@
-"""The seed's grouped cache API on top of a Django cache alias.
+"""mpai's cache groups: their names, their lifetimes and the seed's grouped cache API.
 
 The seed's ``MPAI_Cache::get($key, $group)``, ``set($key, $data, $group, $expiration)``
 and ``delete($key, $group)`` become :func:`get`, :func:`set` and :func:`delete`, plus
-:func:`delete_group`, which forgets a whole group at once.
+:func:`delete_group`, which forgets a whole group at once, over any Django cache (mpai's
+``LayeredCache`` by default; README, "The layered cache"). Every group mpai caches in is
+named here, with its default lifetime (the seed's categories):
+
+========================  =======  =============================================
+group                     seconds  what
+========================  =======  =============================================
+``user_context``              300  a user's profile for the prompt (:mod:`.usercontext`)
+``api_response``             1800  complete replies (:mod:`.response_cache`)
+``tool_metrics``             3600  tool metrics
+``query_analysis``           1200  query analysis
+``conversation_context``      900  a conversation's recent messages (:mod:`.history_cache`)
+========================  =======  =============================================
+
+``settings.MPAI["CACHE_TIMEOUTS"]`` is merged over these, group by group; any other
+group lives ``settings.MPAI["CACHE_DEFAULT_TIMEOUT"]`` seconds (3600, the seed's
+default). A ``timeout`` given to :func:`set` or :func:`get_or_set` wins: None = forever,
+0 = expire at once.
 
 Keys: ``mpai:<group>:<group version>:<key>`` in the cache alias named by
 ``settings.MPAI["CACHE_ALIAS"]`` (default ``"default"``). The group version lives
@@ -10,30 +27,45 @@ under ``mpai:group:<group>`` with no expiry; :func:`delete_group` replaces it, s
 group's old entries can no longer be reached and expire on their own. Versions start
 at ``time.time_ns()``, so a version lost with its cache never brings old entries back.
 
-Lifetimes: ``timeout`` not given means the group's default from
-``settings.MPAI["CACHE_TIMEOUTS"]`` (seconds; seed categories: ``user_context``
-300, ``api_response`` 1800, ``tool_metrics`` 3600, ``query_analysis`` 1200,
-``conversation_context`` 900), else ``settings.MPAI["CACHE_DEFAULT_TIMEOUT"]``
-(3600, the seed's default). None = forever, 0 = expire at once.
+Data that can reach a prompt is not cached here directly but through
+:mod:`mpai.chat.scoped_cache`, whose entries prove their site, owner and conversation.
 
-Errors: those of the underlying cache. ``mpai.cache.LayeredCache`` never raises on a
-layer outage; other backends may (e.g. django-redis without ``IGNORE_EXCEPTIONS``).
+Errors: those of the underlying cache. ``LayeredCache`` never raises on a layer outage;
+other backends may (e.g. django-redis without ``IGNORE_EXCEPTIONS``).
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from django.core.cache import BaseCache, caches
 
-from mpai.conf import DEFAULTS, mpai_settings
+from mpai.conf import mpai_settings
 
+#: Group of keys stored without one.
 DEFAULT_GROUP = "default"
-
-#: Group of the per-user context entries (keys and claims: ``mpai.chat.usercontext``).
+#: A user's profile for the prompt (keys and claims: :mod:`mpai.chat.usercontext`).
 USER_CONTEXT = "user_context"
+#: Complete replies of the response cache (:mod:`mpai.chat.response_cache`).
+API_RESPONSE = "api_response"
+#: Tool metrics (the seed's category).
+TOOL_METRICS = "tool_metrics"
+#: Query analysis (the seed's category).
+QUERY_ANALYSIS = "query_analysis"
+#: A conversation's recent messages (:mod:`mpai.chat.history_cache`).
+CONVERSATION_CONTEXT = "conversation_context"
+
+#: Default lifetime in seconds of each group (None = forever); a site's
+#: ``MPAI["CACHE_TIMEOUTS"]`` is merged over it.
+DEFAULT_TIMEOUTS: Mapping[str, float | None] = {
+    USER_CONTEXT: 300,  # 5 minutes
+    API_RESPONSE: 1800,  # 30 minutes
+    TOOL_METRICS: 3600,  # 1 hour
+    QUERY_ANALYSIS: 1200,  # 20 minutes
+    CONVERSATION_CONTEXT: 900,  # 15 minutes
+}
 
 
 class _NotGiven:
@@ -41,6 +73,7 @@ class _NotGiven:
         return "<group default>"
 
 
+#: ``timeout`` not given: the group's default lifetime.
 NOT_GIVEN: Any = _NotGiven()
 
 
@@ -51,7 +84,7 @@ def get_cache() -> BaseCache:
 
 def group_timeout(group: str) -> float | None:
     """Return the default lifetime of ``group`` in seconds (None = forever)."""
-    timeouts = {**DEFAULTS["CACHE_TIMEOUTS"], **(mpai_settings.CACHE_TIMEOUTS or {})}
+    timeouts = {**DEFAULT_TIMEOUTS, **(mpai_settings.CACHE_TIMEOUTS or {})}
     if group in timeouts:
         return timeouts[group]
     return mpai_settings.CACHE_DEFAULT_TIMEOUT
@@ -84,7 +117,7 @@ def get(key: Any, group: str = DEFAULT_GROUP, default: Any = None) -> Any:
     return get_cache().get(group_key(key, group), default)
 
 
-def set(  # the seed's name, exported as mpai.cache.set
+def set(  # the seed's name
     key: Any, value: Any, group: str = DEFAULT_GROUP, timeout: Any = NOT_GIVEN
 ) -> None:
     """Store ``value`` under ``key`` in ``group``.

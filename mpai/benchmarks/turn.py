@@ -1,0 +1,199 @@
+"""Benchmark suite ``turn``: a whole chat turn through the pipeline against its provider.
+
+One process, the offline provider with no pacing and a fixed 200-delta reply, the
+response cache and the rate limit off, on the project's database (a user and its
+conversations are created and deleted again). Measured in one run:
+
+- the provider alone: time to its first chunk, and cost per chunk (µs);
+- mpai's turn: time from the call to the first event (``Started``: validated and
+  saved) and to the first delta, and cost per delta (µs, the time between consecutive
+  deltas, provider included);
+- the same turn relayed as the websocket relays it (a worker thread, the frame relay,
+  the consumer's ``send`` on an event loop): cost per delta (µs);
+- the floor of a websocket relay: one ``AsyncJsonWebsocketConsumer.send_json`` of a
+  delta frame into a no-op ``send`` (µs).
+
+Run with ``python manage.py mpai_benchmark turn [--iterations N]`` (turns, default 50).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+import uuid
+from collections.abc import Mapping
+from typing import Any, Protocol
+
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.db import connection
+from django.test.utils import override_settings
+
+from mpai.benchmarks._stats import percentile, summary
+from mpai.chat.pipeline import ChatPipeline
+from mpai.chat.turns import Delta
+from mpai.providers import ChatRequest
+from mpai.providers.offline import OfflineProvider
+
+DEFAULT_ITERATIONS = 50
+DELTAS = 200
+
+
+class Writer(Protocol):
+    def write(self, s: str, /) -> object: ...
+
+
+def _provider() -> OfflineProvider:
+    reply = "".join(f"w{i} " for i in range(DELTAS))
+    return OfflineProvider(first_token_ms=0, tokens_per_second=0, reply=reply)
+
+
+def _provider_alone(provider: OfflineProvider) -> tuple[float, list[float]]:
+    """Return (µs to the first chunk, µs per chunk) of one stream."""
+    request = ChatRequest(model="offline-1", messages=[{"role": "user", "content": "hi"}])
+    start = time.perf_counter_ns()
+    stamps = [time.perf_counter_ns() for chunk in provider.open_stream(request) if chunk.text]
+    return (stamps[0] - start) / 1000, _gaps(stamps)
+
+
+def _gaps(stamps: list[int]) -> list[float]:
+    return [(b - a) / 1000 for a, b in itertools.pairwise(stamps)]
+
+
+def _turn(pipeline: ChatPipeline, user: Any) -> tuple[float, float, list[float]]:
+    """Return (µs to the first event, µs to the first delta, µs per delta) of one turn."""
+    start = time.perf_counter_ns()
+    stamps: list[int] = []
+    first_event = 0
+    for event in pipeline.stream(user=user, content="Tell me a story", use_cache=False):
+        now = time.perf_counter_ns()
+        if not first_event:
+            first_event = now
+        if isinstance(event, Delta):
+            stamps.append(now)
+    return (first_event - start) / 1000, (stamps[0] - start) / 1000, _gaps(stamps)
+
+
+def _relayed_turn(pipeline: ChatPipeline, user: Any) -> list[float]:
+    """Return µs per delta of one turn relayed as the websocket does it: the turn in a
+    worker thread, frames through :class:`mpai.relay.FrameRelay` to a consumer's
+    ``send`` on the event loop (into a no-op ``send``)."""
+    from channels.generic.websocket import AsyncJsonWebsocketConsumer
+
+    from mpai.exceptions import MpaiError
+    from mpai.frames import error_frame, frame_for
+    from mpai.relay import FrameRelay, relay_events
+
+    async def relay_one() -> list[float]:
+        loop = asyncio.get_running_loop()
+        consumer = AsyncJsonWebsocketConsumer()
+
+        async def nothing(message: Any) -> None:
+            return None
+
+        consumer.base_send = nothing
+        relay = FrameRelay(loop, max_bytes=256 * 1024, stall_seconds=15)
+
+        def work() -> None:
+            try:
+                relay_events(
+                    pipeline.stream(user=user, content="Tell me a story", use_cache=False),
+                    relay,
+                    frame_for,
+                    error_frame=error_frame(MpaiError()),
+                )
+            finally:
+                connection.close()  # back to the pool: this thread ends with the loop
+
+        worker = loop.run_in_executor(None, work)
+        stamps = []
+        async for text, _final in relay.frames():
+            await consumer.send(text_data=text)
+            stamps.append(time.perf_counter_ns())
+        await worker
+        return _gaps(stamps[1:-1])
+
+    return asyncio.run(relay_one())
+
+
+def _send_json_floor(iterations: int) -> list[float]:
+    from channels.generic.websocket import AsyncJsonWebsocketConsumer
+
+    async def measure() -> list[float]:
+        consumer = AsyncJsonWebsocketConsumer()
+
+        async def nothing(message: Any) -> None:
+            return None
+
+        consumer.base_send = nothing
+        frame = {"type": "chat.delta", "text": "w1 "}
+        samples = []
+        for _ in range(iterations):
+            start = time.perf_counter_ns()
+            await consumer.send_json(frame)
+            samples.append((time.perf_counter_ns() - start) / 1000)
+        return samples
+
+    return sorted(asyncio.run(measure()))
+
+
+def run(stdout: Writer, options: Mapping[str, Any]) -> None:
+    """Print the figures of the module docstring, and their ratios."""
+    iterations = int(options.get("iterations") or DEFAULT_ITERATIONS)
+    mpai_options = {**getattr(settings, "MPAI", {}), "RATE_LIMIT": {"ENABLED": False}}
+    provider = _provider()
+    user = get_user_model()._default_manager.create_user(
+        username=f"mpai-bench-{uuid.uuid4().hex[:12]}"
+    )
+    try:
+        with override_settings(MPAI=mpai_options):
+            pipeline = ChatPipeline(provider)
+            for _ in range(3):  # warm-up: imports, estimator memo, connections
+                _turn(pipeline, user)
+                _provider_alone(provider)
+            alone_first, alone_gaps, turn_first, turn_delta, turn_gaps = [], [], [], [], []
+            relayed: list[float] = []
+            for _ in range(iterations):
+                first, gaps = _provider_alone(provider)
+                alone_first.append(first)
+                alone_gaps += gaps
+                event, delta, gaps = _turn(pipeline, user)
+                turn_first.append(event)
+                turn_delta.append(delta)
+                turn_gaps += gaps
+                relayed += _relayed_turn(pipeline, user)
+    finally:
+        user.delete()
+    floor = _send_json_floor(iterations * DELTAS)
+    rows = [
+        ("provider alone: first chunk", alone_first),
+        ("provider alone: per chunk", alone_gaps),
+        ("mpai turn: first event (Started)", turn_first),
+        ("mpai turn: first delta", turn_delta),
+        ("mpai turn: per delta", turn_gaps),
+        ("mpai turn relayed: per delta", relayed),
+        ("send_json floor: per frame", floor),
+    ]
+    stdout.write(
+        f"one chat turn, {DELTAS}-delta reply, offline provider unpaced, {iterations} turns (µs)\n"
+    )
+    stdout.write(f"{'figure':<36}{'median':>10}{'p99':>10}\n")
+    medians = {}
+    for name, samples in rows:
+        samples.sort()
+        median, p99 = summary(samples)
+        medians[name] = median
+        stdout.write(f"{name:<36}{median:>10.1f}{p99:>10.1f}\n")
+    per_delta = medians["mpai turn: per delta"]
+    overhead = per_delta - medians["provider alone: per chunk"]
+    stdout.write(
+        f"per delta, mpai / provider alone: {per_delta / medians['provider alone: per chunk']:.2f}x"
+        f"; mpai's own cost per delta {overhead:.1f} µs = "
+        f"{overhead / medians['send_json floor: per frame']:.2f}x a send_json\n"
+    )
+    stdout.write(
+        f"relayed per delta / send_json floor: "
+        f"{medians['mpai turn relayed: per delta'] / medians['send_json floor: per frame']:.2f}x"
+        f" (p99 {percentile(sorted(relayed), 0.99):.1f} µs)\n"
+    )

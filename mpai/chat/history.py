@@ -1,0 +1,106 @@
+"""Conversation history: reading it for a prompt, and each connection's live memory.
+
+- :func:`message_history`: a user's messages for the chat-history API.
+- :func:`load_history`: a conversation's shown messages for the prompt.
+- :class:`ConversationHistory`: the live memory (:mod:`mpai.chat.memory`) one
+  connection keeps per conversation, kept coherent with other tabs and processes
+  through the cached conversation history (:mod:`mpai.chat.history_cache`, 15 minutes).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.db.models import QuerySet
+from django.utils import timezone
+
+from mpai.chat import history_cache
+from mpai.chat.memory import ConversationMemory
+from mpai.conf import mpai_settings
+from mpai.models import Conversation, Message
+
+
+def message_history(*, user: Any) -> QuerySet[Message]:
+    """Return ``user``'s messages, both roles, newest first.
+
+    Ordered by ``(created_at, id)`` descending, which the index
+    ``mpai_msg_owner_created_idx`` serves (keyset-friendly).
+    """
+    return Message.objects.filter(owner=user).order_by("-created_at", "-id")
+
+
+def load_history(conversation: Conversation, *, limit: int, before: int) -> list[dict[str, str]]:
+    """Return the newest ``limit`` shown messages of ``conversation`` with ids below
+    ``before``, oldest first, as ``[{"role", "content"}]``.
+
+    Shown: complete or cancelled, with text (a failed reply's partial text stays out).
+    """
+    rows = (
+        Message.objects.filter(
+            conversation=conversation,
+            status__in=[Message.Status.COMPLETE, Message.Status.CANCELLED],
+            pk__lt=before,
+        )
+        .exclude(content="")
+        .order_by("-created_at", "-pk")
+        .values_list("role", "content")[:limit]
+    )
+    return [{"role": role, "content": content} for role, content in reversed(rows)]
+
+
+class ConversationHistory:
+    """The live memories of one connection (one per conversation it chats in)."""
+
+    def __init__(self) -> None:
+        self.memories: dict[int, ConversationMemory] = {}
+
+    def memory(self, conversation: Conversation, *, before: int) -> ConversationMemory:
+        """Return the live memory of ``conversation`` with its current messages.
+
+        The messages come from the cached conversation history (15 minutes, shared by
+        every connection and process, so two tabs on one conversation agree); without
+        it, from this connection's live memory unless the conversation moved on since
+        (another tab or device) or it sat idle past ``MEMORY_IDLE_SECONDS``, which also
+        drops the cached history; else from the database, taking only messages saved
+        before ``before`` (the current user message's id).
+        """
+        memory = self.memories.get(conversation.pk)
+        if memory is not None and memory.idle_for() > mpai_settings.MEMORY_IDLE_SECONDS:
+            del self.memories[conversation.pk]
+            history_cache.delete_conversation_context(conversation)
+            memory = None
+        cached = history_cache.read_conversation_context(conversation)
+        if cached is None and memory is not None and not _moved_on(conversation, memory):
+            return memory
+        if memory is None:
+            memory = ConversationMemory(max_pairs=mpai_settings.MEMORY_MAX_PAIRS)
+            self.memories[conversation.pk] = memory
+        memory.messages = (
+            list(cached)
+            if cached is not None
+            else load_history(conversation, limit=memory.safe_size, before=before)
+        )
+        memory.synced_at = timezone.now()
+        return memory
+
+    @staticmethod
+    def remember(
+        conversation: Conversation,
+        user: Any,
+        memory: ConversationMemory,
+        *,
+        query: str,
+        reply: str,
+    ) -> None:
+        """Add a finished exchange to ``memory`` and to the cached history."""
+        memory.append(Message.Role.USER.value, query)
+        if reply:
+            memory.append(Message.Role.ASSISTANT.value, reply)
+        memory.end_turn()
+        memory.synced_at = timezone.now()
+        history_cache.write_conversation_context(conversation, user, memory.messages)
+
+
+def _moved_on(conversation: Conversation, memory: ConversationMemory) -> bool:
+    """True when the conversation was updated after ``memory`` was last synced."""
+    return memory.synced_at is not None and conversation.updated_at > memory.synced_at

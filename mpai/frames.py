@@ -1,0 +1,62 @@
+"""The wire format of a turn: websocket frames (and, later, the same frames as SSE).
+
+Built from the pipeline's events (:mod:`mpai.chat.turns`) by the interfaces only; the
+pipeline knows nothing of frames. The frames are listed in README, "Websocket".
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from mpai.chat.turns import Delta, Event, Finished, Started, TurnResult
+from mpai.exceptions import MpaiError
+
+
+def started_frame(event: Started) -> dict[str, Any]:
+    """``chat.started``: the ids of the exchange."""
+    return {
+        "type": "chat.started",
+        "conversation": event.conversation_id,
+        "message": event.message_id,
+        "user_message": event.user_message_id,
+        "client_id": event.client_id,
+    }
+
+
+def error_frame(error: MpaiError, *, message_id: int | None = None) -> dict[str, Any]:
+    """``chat.error`` for ``error``; ``message_id`` when a partial reply was saved."""
+    return {"type": "chat.error", **error.as_payload(message_id=message_id)}
+
+
+def completed_fields(result: TurnResult) -> dict[str, Any]:
+    """The fields of ``chat.completed`` (also the HTTP reply's), JSON-ready."""
+    fields: dict[str, Any] = {
+        "message": result.message.pk,
+        "status": result.status,
+        "finish_reason": result.finish_reason,
+        "cached": result.cached,
+        "replayed": result.replayed,
+        "usage": result.usage.as_dict() if result.usage else None,
+        "timings_ms": result.timings_ms,
+    }
+    if result.refusal:
+        fields["refusal"] = True
+    return fields
+
+
+def final_frame(result: TurnResult) -> dict[str, Any]:
+    """``chat.completed`` or ``chat.error``: the frame that ends a turn."""
+    if result.error is not None:
+        return error_frame(result.error, message_id=result.partial_message_id)
+    return {"type": "chat.completed", **completed_fields(result)}
+
+
+def frame_for(event: Event) -> dict[str, Any]:
+    """The frame of any event."""
+    if isinstance(event, Delta):
+        return {"type": "chat.delta", "text": event.text}
+    if isinstance(event, Started):
+        return started_frame(event)
+    if isinstance(event, Finished):
+        return final_frame(event.result)
+    raise TypeError(f"no frame for {event!r}")
