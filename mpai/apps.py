@@ -13,24 +13,24 @@ class MpaiConfig(AppConfig):
         from django.db.models.signals import post_delete, post_save
 
         from mpai import checks, signals  # noqa: F401  (checks registers on import)
-        from mpai.chat import usercontext
+        from mpai.chat import profile
         from mpai.chat.slowlog import log_stage_timings
 
         # The cached user context goes stale when the user or the membership changes.
         user_model = settings.AUTH_USER_MODEL
         post_save.connect(
-            usercontext.on_user_saved,
+            profile.on_user_saved,
             sender=user_model,
-            dispatch_uid="mpai.chat.usercontext.user_saved",
+            dispatch_uid="mpai.chat.profile.user_saved",
         )
         post_delete.connect(
-            usercontext.on_user_saved,
+            profile.on_user_saved,
             sender=user_model,
-            dispatch_uid="mpai.chat.usercontext.user_deleted",
+            dispatch_uid="mpai.chat.profile.user_deleted",
         )
         signals.membership_changed.connect(
-            usercontext.on_membership_changed,
-            dispatch_uid="mpai.chat.usercontext.membership_changed",
+            profile.on_membership_changed,
+            dispatch_uid="mpai.chat.profile.membership_changed",
         )
 
         signals.request_complete.connect(

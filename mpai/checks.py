@@ -161,7 +161,7 @@ def _uses_redis(params: dict[str, Any]) -> bool:
 
 @checks.register(checks.Tags.caches)
 def check_cache_key_prefix(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
-    # Issue 8: two sites on one Redis database without a KEY_PREFIX read each other's
+    # Two sites on one Redis database without a KEY_PREFIX read each other's
     # keys. mpai's own entries are keyed and checked per site (mpai.chat.scoped_cache),
     # but every other key of the alias (the site's, Django's) still collides.
     alias = mpai_settings.CACHE_ALIAS

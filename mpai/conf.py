@@ -48,7 +48,7 @@ DEFAULTS: dict[str, Any] = {
     # page.url and page.title); a chat message nests 2 deep.
     "MAX_FRAME_BYTES": 128 * 1024,
     "MAX_JSON_DEPTH": 32,
-    # --- context building (seed 000, "Context Building Optimization") ---
+    # --- context building (mpai.chat.context) ---
     # Token budget = MAX_INPUT_TOKENS - REPLY_RESERVE_TOKENS (tokens).
     "MAX_INPUT_TOKENS": 8000,
     "REPLY_RESERVE_TOKENS": 1000,
@@ -61,7 +61,7 @@ DEFAULTS: dict[str, Any] = {
         "site_data": "mpai.chat.sections.site_data",
         "system_info": "mpai.chat.sections.system_info",
     },
-    # Section priorities, 1 = kept first (the seed's order).
+    # Section priorities, 1 = kept first.
     "CONTEXT_PRIORITIES": {
         "user_query": 1,
         "history": 2,
@@ -73,12 +73,12 @@ DEFAULTS: dict[str, Any] = {
     # The site-data section is loaded only for queries matching this regular expression.
     "SITE_DATA_KEYWORDS": r"member|subscri|plan|billing|renew|price|payment|account|access",
     "SITE_NAME": "Membership site",
-    # --- live conversation memory (seed 001; CONTRACTS.md "Context and memory") ---
+    # --- live conversation memory (mpai.chat.memory) ---
     "MEMORY_MAX_PAIRS": 20,
     # A conversation idle this long (s) drops its live memory and cached context.
     "MEMORY_IDLE_SECONDS": 24 * 3600,
     # --- model choice: requests under this many prompt tokens, matching no rule, use
-    # FAST_MODEL (seed 000 "Efficient API Usage") ---
+    # FAST_MODEL (mpai.chat.model_choice) ---
     "FAST_MODEL_MAX_TOKENS": 1000,
     # Regular expressions (case-insensitive) that mark a query as complex.
     "COMPLEXITY_RULES": [
@@ -86,13 +86,13 @@ DEFAULTS: dict[str, Any] = {
         r"\b(analy[sz]e|compare|explain (in detail|why)|step[- ]by[- ]step|refactor|debug)\b",
         r"\b(write|generate) (a |an |the )?(code|program|script|function|essay|report)\b",
     ],
-    # --- response cache (seed: API responses cached 30 minutes) ---
+    # --- response cache (mpai.chat.response_cache; complete replies, 30 minutes) ---
     "RESPONSE_CACHE_ENABLED": True,
     # Lifetime in seconds; None = the "api_response" category default.
     "RESPONSE_CACHE_TIMEOUT": None,
     # Characters per delta when a cached reply is streamed.
     "CACHED_DELTA_CHARS": 24,
-    # --- slow-operation log levels (seed 001): below INFO_S at DEBUG, to WARNING_S at
+    # --- slow-operation log levels (mpai.chat.slowlog): below INFO_S at DEBUG, to WARNING_S at
     # INFO, above at WARNING (seconds) ---
     "SLOW_LOG_INFO_S": 1.0,
     "SLOW_LOG_WARNING_S": 5.0,
@@ -101,7 +101,8 @@ DEFAULTS: dict[str, Any] = {
     # Threads that run provider streams for websocket consumers (each holds one
     # stream for its whole duration, so this bounds concurrent streams per process).
     "STREAM_WORKERS": 64,
-    # Chat history retention in days (the seed's mpai_history_retention_days, 30).
+    # Chat history older than this many days is deleted by the history cleanup
+    # (mpai.chat.cleanup).
     "HISTORY_RETENTION_DAYS": 30,
     # Conversation titles: characters of the first message used as the title.
     "TITLE_LENGTH": 60,
@@ -134,19 +135,19 @@ DEFAULTS: dict[str, Any] = {
     # Cache (mpai.cache grouped API): the Django cache alias it uses. The layered
     # backend's own options live in CACHES[alias]["OPTIONS"] (mpai.cache.config).
     "CACHE_ALIAS": "default",
-    # Cache: default lifetime in seconds per group (None = forever), the seed's
-    # categories. A site's dict is merged over this one, group by group (MERGED_DICTS).
+    # Cache: default lifetime in seconds per group (None = forever); the groups are
+    # named in mpai.chat.cache_groups. A site's dict is merged over this one, group by
+    # group (MERGED_DICTS).
     "CACHE_TIMEOUTS": {
-        "user_context": 300,  # user contexts, 5 minutes
-        "api_response": 1800,  # API responses, 30 minutes
+        "user_context": 300,  # a user's cached profile, 5 minutes
+        "api_response": 1800,  # complete replies, 30 minutes
         "tool_metrics": 3600,  # tool metrics, 1 hour
         "query_analysis": 1200,  # query analysis, 20 minutes
-        "conversation_context": 900,  # conversation context, 15 minutes
+        "conversation_context": 900,  # a conversation's cached history, 15 minutes
     },
-    # Cache: lifetime in seconds of groups not in CACHE_TIMEOUTS (the seed's 1 hour).
+    # Cache: lifetime in seconds of groups not in CACHE_TIMEOUTS (1 hour).
     "CACHE_DEFAULT_TIMEOUT": 3600,
-    # --- batch and parallel requests (mpai.chat.batch; seed 000 "Parallel Requests",
-    # "Request Batching") ---
+    # --- batch and parallel requests (mpai.chat.batch) ---
     # Most provider requests in flight at once in one complete_many() call.
     "BATCH_MAX_CONCURRENCY": 4,
     # Prompt batching: most questions packed into one request, and most estimated

@@ -1,12 +1,12 @@
 """Bounded JSON parsing for websocket frames and request bodies.
 
 ``json.loads`` recurses once per nesting level, so a frame or body nested about 1,000
-deep raises ``RecursionError`` (issue 8, "Bad input gets a clear error"); it also reads
-input of any size. :func:`loads_bounded` checks the size first, then the nesting depth
-with a scan of the brackets outside strings (regular expressions, no Python loop per
-character), and only then parses. Every refusal is :class:`~mpai.exceptions.InvalidJson`
-(code ``invalid_json``); a size refusal is its subclass :class:`JsonTooLarge`, which the
-HTTP API answers with 413.
+deep raises ``RecursionError`` (Python's recursion limit); it also reads input of any
+size. :func:`loads_bounded` checks the size first, then the nesting depth with a scan of
+the brackets outside strings (regular expressions, no Python loop per character), and
+only then parses. Every refusal is :class:`~mpai.exceptions.InvalidJson` (code
+``invalid_json``); a size refusal is its subclass :class:`JsonTooLarge`, which the HTTP
+API answers with 413.
 
 Usage::
 

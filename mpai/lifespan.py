@@ -1,6 +1,6 @@
 """An ASGI lifespan handler: on server shutdown, stop the replies still streaming.
 
-CONTRACTS.md: only ``chat.cancel`` or server shutdown stops a reply; then its partial
+Only ``chat.cancel`` or server shutdown stops a reply; then its partial
 text is saved with status ``cancelled``. Wire it into the project's router::
 
     ProtocolTypeRouter({"http": ..., "websocket": ..., "lifespan": mpai.lifespan.app})

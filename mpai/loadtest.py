@@ -101,7 +101,7 @@ class LoadTestConfig:
 
 
 @dataclass
-class TurnResult:
+class TurnTiming:
     """One message and its answer, times in ms from sending the message.
 
     Attributes:
@@ -140,7 +140,7 @@ class LoadTestReport:
     """
 
     config: LoadTestConfig
-    turns: list[TurnResult] = field(default_factory=list)
+    turns: list[TurnTiming] = field(default_factory=list)
     connect_ms: list[float] = field(default_factory=list)
     handshake_errors: Counter[str] = field(default_factory=Counter)
     wall_s: float = 0.0
@@ -327,8 +327,8 @@ async def run_load(config: LoadTestConfig, session_keys: Sequence[str]) -> LoadT
 
 async def _client(
     config: LoadTestConfig, report: LoadTestReport, user: int, cookie: str
-) -> list[TurnResult]:
-    turns = [TurnResult(user, j) for j in range(1, config.messages + 1)]
+) -> list[TurnTiming]:
+    turns = [TurnTiming(user, j) for j in range(1, config.messages + 1)]
     began = time.perf_counter()
     try:
         ws = await connect(
@@ -373,7 +373,7 @@ async def _client(
     return turns
 
 
-async def _turn(ws: ClientConnection, frame: dict[str, Any], turn: TurnResult) -> Any:
+async def _turn(ws: ClientConnection, frame: dict[str, Any], turn: TurnTiming) -> Any:
     """Send ``frame``, fill ``turn`` from the answer; return ``chat.started``'s conversation."""
     conversation = None
     sent = time.perf_counter()

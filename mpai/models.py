@@ -2,7 +2,7 @@
 
 Indexes are named after the queries the app makes (see each ``Meta``):
 a user's history newest first (the chat-history API), a conversation's messages in
-order (context building), and age (retention cleanup, the seed's 30-day rule).
+order (context building), and age (history cleanup, 30 days by default).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Hook-style signals at each measurement point of a chat request.
 
-The Django equivalent of the seed's ``do_action('mpai_*')`` measurement hooks
-(seed 000, "Measuring Response Time"). Every signal is sent with ``sender`` (the
+The Django equivalent of WordPress's ``do_action()`` hooks at each measurement point
+(README, "Signals"). Every signal is sent with ``sender`` (the
 pipeline class) and the keyword arguments:
 
 - ``trace``: :class:`mpai.chat.trace.Trace`, the request id and monotonic timestamps
@@ -19,7 +19,7 @@ from django.dispatch import Signal
 # A filter, not a measurement point: sent while the context is built, before the
 # token budget is applied, so receivers may add, change or remove entries of
 # ``context.sections`` (mpai.chat.context.Section) in place; the Django equivalent of
-# the seed's ``mpai_chat_context`` filter. Sent with sender (the builder class),
+# a WordPress ``mpai_chat_context`` filter. Sent with sender (the builder class),
 # context (mpai.chat.context.Context) and request (mpai.chat.context.ContextRequest).
 # Receivers run in connection order; exceptions are logged, never raised.
 context_building = Signal()
@@ -46,7 +46,7 @@ response_processed = Signal()
 request_complete = Signal()
 
 # Send it when a user's membership changes (a subscription starts, lapses, changes
-# plan) so mpai drops the user's cached context: the seed invalidated it on
-# MemberPress's ``mepr-event-transaction-completed``. Arguments: sender (the class or
+# plan) so mpai drops the user's cached profile (as a MemberPress site would on
+# ``mepr-event-transaction-completed``). Arguments: sender (the class or
 # module sending it) and user (a user instance, or its primary key).
 membership_changed = Signal()

@@ -1,4 +1,4 @@
-"""This site's identity: a random UUID kept in the site's own database (issue 8).
+"""This site's identity: a random UUID kept in the site's own database.
 
 Two sites sharing one Redis (their own databases, the same cache settings) have the
 same ids: conversations and users start at 1 in every database, so a cache key made

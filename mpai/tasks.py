@@ -2,22 +2,23 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
+
 from celery import shared_task
 
-from mpai.chat.retention import delete_expired_history
+from mpai.chat import cleanup
 from mpai.chat.titles import generate_titles
 from mpai.conf import mpai_settings
 
 
 @shared_task(name="mpai.cleanup_chat_history")
 def cleanup_chat_history() -> dict[str, int]:
-    """Apply the chat-history retention; returns the counts of rows touched."""
-    result = delete_expired_history()
-    return {
-        "messages_deleted": result.messages_deleted,
-        "conversations_deleted": result.conversations_deleted,
-        "stale_streams_closed": result.stale_streams_closed,
-    }
+    """Run :func:`mpai.chat.cleanup.cleanup_chat_history` (README, "The chat pipeline").
+
+    Returns ``{"messages_deleted", "conversations_deleted", "stale_streams_closed"}``
+    (counts of rows).
+    """
+    return asdict(cleanup.cleanup_chat_history())
 
 
 @shared_task(name="mpai.generate_conversation_titles")

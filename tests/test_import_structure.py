@@ -139,7 +139,7 @@ def cache_violations(source: str, module: str = "mpai.cache.example") -> list[st
     ("source", "found"),
     [
         ("from mpai.conf import mpai_settings", ["mpai.conf.mpai_settings"]),
-        ("def f():\n    from mpai.chat.usercontext import x", ["mpai.chat.usercontext.x"]),
+        ("def f():\n    from mpai.chat.profile import x", ["mpai.chat.profile.x"]),
         ("if TYPE_CHECKING:\n    import mpai.models", ["mpai.models"]),
         ("from mpai import chat, cache", ["mpai.chat"]),
         ("from .. import signals", ["mpai.signals"]),

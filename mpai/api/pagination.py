@@ -1,6 +1,6 @@
 """``page``/``per_page`` pagination, the WordPress REST convention the original used.
 
-Response shape (CONTRACTS.md): ``{"count", "page", "per_page", "results"}``. Both
+Response shape (README, "REST"): ``{"count", "page", "per_page", "results"}``. Both
 parameters must be integers ≥ 1 and ``per_page`` ≤ 100; otherwise a 400 in DRF's
 validation-error shape naming the parameter. A page past the end is 200 with
 ``results: []`` (unlike DRF's ``PageNumberPagination``, which answers 404).

@@ -1,4 +1,4 @@
-"""A DRF JSON parser with the websocket's limits on size and nesting (issue 8).
+"""A DRF JSON parser with the websocket's limits on size and nesting (README, "REST").
 
 DRF's own ``JSONParser`` reads ``request.body`` whole (so a body over Django's
 ``DATA_UPLOAD_MAX_MEMORY_SIZE`` is an HTML 400) and lets ``RecursionError`` out of a

@@ -4,7 +4,7 @@ from mpai.models import Message
 
 
 class ChatHistoryMessageSerializer(serializers.ModelSerializer):
-    """One chat-history row (CONTRACTS.md, REST)."""
+    """One chat-history row (README, "REST")."""
 
     conversation = serializers.IntegerField(source="conversation_id", read_only=True)
 

@@ -12,6 +12,13 @@ from __future__ import annotations
 import importlib
 import pkgutil
 from types import ModuleType
+from typing import Protocol
+
+
+class Writer(Protocol):
+    """Where a suite prints its figures (``self.stdout`` of a management command)."""
+
+    def write(self, s: str, /) -> object: ...
 
 
 def suite_names() -> list[str]:

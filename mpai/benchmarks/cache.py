@@ -31,7 +31,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Mapping
-from typing import Any, Protocol
+from typing import Any
 
 from django.conf import settings
 from django.core.cache.backends.db import DatabaseCache
@@ -39,6 +39,7 @@ from django.core.cache.backends.locmem import LocMemCache
 from django.core.management import call_command
 from django.db import DEFAULT_DB_ALIAS, connections
 
+from mpai.benchmarks import Writer
 from mpai.benchmarks._stats import percentile
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -53,10 +54,6 @@ VALUE = {
 }
 REDIS_OPTIONS = {"SOCKET_CONNECT_TIMEOUT": 0.25, "SOCKET_TIMEOUT": 0.25}
 DB_OPTIONS = {"MAX_ENTRIES": 1_000_000}  # no culling during the run (both sides alike)
-
-
-class Writer(Protocol):
-    def write(self, s: str, /) -> object: ...
 
 
 def default_redis_url() -> str:

@@ -1,6 +1,6 @@
 """Benchmark suite ``context``: building the context of a 200-message conversation.
 
-Issue 4 asks for the median and p99 (µs) of context building for a conversation of
+It prints the median and p99 (µs) of context building for a conversation of
 200 messages. Two shapes are measured in one run: messages that fit the budget (short
 turns; no rebuild) and real replies that pass 80% of it (the rebuild path: history cut
 to its newest messages that fit). The messages are the packaged offline replies
@@ -17,20 +17,17 @@ from __future__ import annotations
 import uuid
 from collections.abc import Mapping
 from types import SimpleNamespace
-from typing import Any, Protocol
+from typing import Any
 
+from mpai.benchmarks import Writer
 from mpai.benchmarks._stats import summary, time_us
 from mpai.chat.context import ContextBuilder, ContextRequest, budget_tokens
+from mpai.chat.profile import delete_user_profile, store_user_profile
 from mpai.chat.tokens import estimate_tokens
-from mpai.chat.usercontext import delete_user_context, store_user_context
 from mpai.providers.offline import packaged_replies
 
 DEFAULT_ITERATIONS = 2000
 MESSAGES = 200
-
-
-class Writer(Protocol):
-    def write(self, s: str, /) -> object: ...
 
 
 def conversation(long: bool) -> list[dict[str, str]]:
@@ -50,7 +47,7 @@ def run(stdout: Writer, options: Mapping[str, Any]) -> None:
     """Print median and p99 (µs) of ``ContextBuilder.build`` for both shapes."""
     iterations = int(options.get("iterations") or DEFAULT_ITERATIONS)
     user = SimpleNamespace(pk=f"bench-{uuid.uuid4().hex}")
-    store_user_context(user, {"username": "bench", "name": "Bench User"})
+    store_user_profile(user, {"username": "bench", "name": "Bench User"})
     builder = ContextBuilder()
     query = "What are the opening hours of the support desk?"
     stdout.write(
@@ -81,4 +78,4 @@ def run(stdout: Writer, options: Mapping[str, Any]) -> None:
             kept = len(context.messages) - 2
             stdout.write(f"{label:<28}{median:>10.1f}{p99:>10.1f}{context.tokens:>9}{kept:>14}\n")
     finally:
-        delete_user_context(user)
+        delete_user_profile(user)

@@ -20,20 +20,17 @@ import statistics
 import time
 import uuid
 from collections.abc import Callable, Mapping
-from typing import Any, Protocol
+from typing import Any
 
 from redis import Redis
 
+from mpai.benchmarks import Writer
 from mpai.benchmarks._stats import percentile
 from mpai.chat.ratelimit.redis_bucket import RedisTokenBucket
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 DEFAULT_ITERATIONS = 5000
 WARMUP = 50
-
-
-class Writer(Protocol):
-    def write(self, s: str, /) -> object: ...
 
 
 def _time_us(call: Callable[[], object]) -> float:

@@ -23,13 +23,14 @@ import itertools
 import time
 import uuid
 from collections.abc import Mapping
-from typing import Any, Protocol
+from typing import Any
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.db import connection
 from django.test.utils import override_settings
 
+from mpai.benchmarks import Writer
 from mpai.benchmarks._stats import percentile, summary
 from mpai.chat.pipeline import ChatPipeline
 from mpai.chat.turns import Delta
@@ -38,10 +39,6 @@ from mpai.providers.offline import OfflineProvider
 
 DEFAULT_ITERATIONS = 50
 DELTAS = 200
-
-
-class Writer(Protocol):
-    def write(self, s: str, /) -> object: ...
 
 
 def _provider() -> OfflineProvider:

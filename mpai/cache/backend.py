@@ -1,7 +1,7 @@
-"""``mpai.cache.LayeredCache``: the seed's multi-level cache as a Django cache backend.
+"""``mpai.cache.LayeredCache``: a multi-level cache as a Django cache backend.
 
-The seed's ``MPAI_Cache`` (request memory, then the object cache, then persistent
-transients) becomes, by default: L1 in-process memory, L2 Redis through django-redis,
+The WordPress plugin's three levels (request memory, then the object cache, then
+persistent transients) become, by default: L1 in-process memory, L2 Redis through django-redis,
 L3 Django's ``DatabaseCache`` (which survives a Redis restart). It keeps Django's
 whole cache contract (sync and async), so a site can make it its default cache::
 

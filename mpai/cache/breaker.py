@@ -1,7 +1,8 @@
 """A small circuit breaker, one per cache layer.
 
-Why: django-redis turns a Redis outage into a slow miss (issue #155: a 0.5 s socket
-timeout became about 16 s per lookup through retries), and a slow database does the
+Why: django-redis turns a Redis outage into a slow miss (jazzband/django-redis issue
+#155: a 0.5 s socket timeout became about 16 s per lookup through retries), and a
+slow database does the
 same to every request. After ``failure_threshold`` consecutive outage-class failures
 the breaker opens and the layer is skipped without any I/O for ``reset_timeout``
 seconds; then exactly one caller is allowed to probe the layer (half-open) while the

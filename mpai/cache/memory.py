@@ -1,9 +1,8 @@
 """L1: the in-process memory layer of :class:`mpai.cache.LayeredCache`.
 
-The seed's ``MPAI_Cache::$memory_cache`` (a per-request PHP array) becomes a
-process-wide store shared by every thread and every ``caches[alias]`` instance with
-the same layers (Django builds one cache object per thread, as ``LocMemCache`` shares
-its dict by ``LOCATION``).
+Where a PHP site keeps a per-request array, this is a process-wide store shared by every
+thread and every ``caches[alias]`` instance with the same layers (Django builds one
+cache object per thread, as ``LocMemCache`` shares its dict by ``LOCATION``).
 
 Properties:
 

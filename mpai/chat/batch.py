@@ -2,12 +2,12 @@
 
 Two ways to get many independent answers from the provider faster:
 
-- :func:`complete_many`, the seed's "Parallel Requests" (seed 000, ``mpai_parallel_requests``
-  with ``curl_multi``; seed 004 "Concurrent Operations"): send many requests at once, at
+- :func:`complete_many`, parallel requests (what PHP does with
+  ``curl_multi``): send many requests at once, at
   most ``MPAI["BATCH_MAX_CONCURRENCY"]`` in flight, each result in its request's slot.
-- :func:`ask_batched`, the seed's "Request Batching" (seed 000, ``mpai_batch_requests``):
+- :func:`ask_batched`, request batching:
   pack several short questions into one request, ask for numbered answers and parse them
-  back. Where the seed fills an unparsed answer with "No response available for this
+  back. Where a simpler batcher fills an unparsed answer with "No response available for this
   question.", this module asks that question again on its own, so every question gets a
   real answer or a real error.
 
@@ -82,7 +82,7 @@ def complete_many(
 ) -> list[Completion | ProviderError]:
     """Run ``provider.complete`` for every request concurrently, a bounded number at once.
 
-    Source: seed 000 "Parallel Requests" (``curl_multi``), seed 004 "Concurrent Operations".
+    README, "The chat pipeline" (batch and parallel requests).
 
     Args:
         requests: independent requests; none sees another's result.
@@ -160,8 +160,7 @@ def ask_batched(
 ) -> list[BatchAnswer]:
     """Answer short, independent questions with few requests (numbered answers).
 
-    Source: seed 000 "Request Batching" (``mpai_batch_requests``,
-    ``mpai_parse_batch_response``).
+    README, "The chat pipeline" (batch and parallel requests).
 
     Questions are grouped in order (:func:`group_questions`): at most ``max_per_batch``
     per request and at most ``MPAI["BATCH_MAX_TOKENS"]`` estimated tokens of questions

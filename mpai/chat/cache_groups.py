@@ -1,15 +1,15 @@
-"""mpai's cache groups: their names, their lifetimes and the seed's grouped cache API.
+"""mpai's cache groups: their names, their lifetimes and a grouped cache API.
 
-The seed's ``MPAI_Cache::get($key, $group)``, ``set($key, $data, $group, $expiration)``
-and ``delete($key, $group)`` become :func:`get`, :func:`set` and :func:`delete`, plus
+A WordPress-style grouped cache (``get($key, $group)``, ``set($key, $data, $group,
+$expiration)``, ``delete($key, $group)``) becomes :func:`get`, :func:`set` and :func:`delete`, plus
 :func:`delete_group`, which forgets a whole group at once, over any Django cache (mpai's
 ``LayeredCache`` by default; README, "The layered cache"). Every group mpai caches in is
-named here, with its default lifetime (the seed's categories):
+named here, with its default lifetime:
 
 ========================  =======  =============================================
 group                     seconds  what
 ========================  =======  =============================================
-``user_context``              300  a user's profile for the prompt (:mod:`.usercontext`)
+``user_context``              300  a user's profile for the prompt (:mod:`.profile`)
 ``api_response``             1800  complete replies (:mod:`.response_cache`)
 ``tool_metrics``             3600  tool metrics
 ``query_analysis``           1200  query analysis
@@ -17,7 +17,7 @@ group                     seconds  what
 ========================  =======  =============================================
 
 ``settings.MPAI["CACHE_TIMEOUTS"]`` is merged over these, group by group; any other
-group lives ``settings.MPAI["CACHE_DEFAULT_TIMEOUT"]`` seconds (3600, the seed's
+group lives ``settings.MPAI["CACHE_DEFAULT_TIMEOUT"]`` seconds (3600 by
 default). A ``timeout`` given to :func:`set` or :func:`get_or_set` wins: None = forever,
 0 = expire at once.
 
@@ -38,34 +38,30 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping
+from types import MappingProxyType
 from typing import Any
 
 from django.core.cache import BaseCache, caches
 
-from mpai.conf import mpai_settings
+from mpai.conf import DEFAULTS, mpai_settings
 
 #: Group of keys stored without one.
 DEFAULT_GROUP = "default"
-#: A user's profile for the prompt (keys and claims: :mod:`mpai.chat.usercontext`).
+#: A user's profile for the prompt (keys and claims: :mod:`mpai.chat.profile`).
 USER_CONTEXT = "user_context"
 #: Complete replies of the response cache (:mod:`mpai.chat.response_cache`).
 API_RESPONSE = "api_response"
-#: Tool metrics (the seed's category).
+#: Tool metrics.
 TOOL_METRICS = "tool_metrics"
-#: Query analysis (the seed's category).
+#: Query analysis.
 QUERY_ANALYSIS = "query_analysis"
 #: A conversation's recent messages (:mod:`mpai.chat.history_cache`).
 CONVERSATION_CONTEXT = "conversation_context"
 
-#: Default lifetime in seconds of each group (None = forever); a site's
-#: ``MPAI["CACHE_TIMEOUTS"]`` is merged over it.
-DEFAULT_TIMEOUTS: Mapping[str, float | None] = {
-    USER_CONTEXT: 300,  # 5 minutes
-    API_RESPONSE: 1800,  # 30 minutes
-    TOOL_METRICS: 3600,  # 1 hour
-    QUERY_ANALYSIS: 1200,  # 20 minutes
-    CONVERSATION_CONTEXT: 900,  # 15 minutes
-}
+#: Default lifetime in seconds of each group (None = forever), read-only. Its one
+#: source is ``mpai.conf.DEFAULTS["CACHE_TIMEOUTS"]``, which a site's
+#: ``MPAI["CACHE_TIMEOUTS"]`` is merged over (``mpai_settings.CACHE_TIMEOUTS``).
+DEFAULT_TIMEOUTS: Mapping[str, float | None] = MappingProxyType(DEFAULTS["CACHE_TIMEOUTS"])
 
 
 class _NotGiven:
@@ -84,7 +80,7 @@ def get_cache() -> BaseCache:
 
 def group_timeout(group: str) -> float | None:
     """Return the default lifetime of ``group`` in seconds (None = forever)."""
-    timeouts = {**DEFAULT_TIMEOUTS, **(mpai_settings.CACHE_TIMEOUTS or {})}
+    timeouts = mpai_settings.CACHE_TIMEOUTS
     if group in timeouts:
         return timeouts[group]
     return mpai_settings.CACHE_DEFAULT_TIMEOUT
@@ -117,7 +113,7 @@ def get(key: Any, group: str = DEFAULT_GROUP, default: Any = None) -> Any:
     return get_cache().get(group_key(key, group), default)
 
 
-def set(  # the seed's name
+def set(  # the grouped API's name
     key: Any, value: Any, group: str = DEFAULT_GROUP, timeout: Any = NOT_GIVEN
 ) -> None:
     """Store ``value`` under ``key`` in ``group``.

@@ -1,14 +1,13 @@
-"""Context building under a token budget (seed 000, "Context Building Optimization").
+"""Context building under a token budget (README, "The chat pipeline").
 
 Sections and their priorities (1 = most important): user query 1, conversation
 history 2, user info 3, current page 4, site data 5, system info 6. The budget is
 ``MAX_INPUT_TOKENS − REPLY_RESERVE_TOKENS``. When the built context passes 80% of the
 budget it is rebuilt: sections are taken in priority order while they fit in 80% of
 the budget, a section that does not fit is dropped, conversation history is cut to
-its newest messages that fit, and the user query is always kept (CONTRACTS.md,
-"Context and memory").
+its newest messages that fit, and the user query is always kept.
 
-Extension points, the Django equivalent of the seed's ``mpai_chat_context`` filter:
+Extension points, the Django equivalent of a WordPress ``mpai_chat_context`` filter:
 ``MPAI["CONTEXT_SECTIONS"]`` (name → import string of a section provider, see
 ``mpai.chat.sections``), ``MPAI["CONTEXT_PRIORITIES"]``, and the signal
 ``mpai.signals.context_building`` whose receivers may edit ``context.sections``.

@@ -67,9 +67,9 @@ class ConversationHistory:
         memory = self.memories.get(conversation.pk)
         if memory is not None and memory.idle_for() > mpai_settings.MEMORY_IDLE_SECONDS:
             del self.memories[conversation.pk]
-            history_cache.delete_conversation_context(conversation)
+            history_cache.delete_cached_history(conversation)
             memory = None
-        cached = history_cache.read_conversation_context(conversation)
+        cached = history_cache.read_cached_history(conversation)
         if cached is None and memory is not None and not _moved_on(conversation, memory):
             return memory
         if memory is None:
@@ -98,7 +98,7 @@ class ConversationHistory:
             memory.append(Message.Role.ASSISTANT.value, reply)
         memory.end_turn()
         memory.synced_at = timezone.now()
-        history_cache.write_conversation_context(conversation, user, memory.messages)
+        history_cache.write_cached_history(conversation, user, memory.messages)
 
 
 def _moved_on(conversation: Conversation, memory: ConversationMemory) -> bool:

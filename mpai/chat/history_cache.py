@@ -1,9 +1,10 @@
-"""The cached conversation context: a conversation's recent messages (seed: 15 minutes).
+"""The cached history: a conversation's recent messages (15 minutes by default).
 
 Shared by every connection and process of one site, so two tabs on one conversation
 agree. Entries live in the ``conversation_context`` group (:mod:`mpai.chat.cache_groups`,
 default 900 s) through :mod:`mpai.chat.scoped_cache`: keyed by site and conversation,
-and used only when they claim this site, the conversation and its owner (issue 8).
+and used only when they claim this site, the conversation and its owner (README,
+"The chat pipeline").
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ def _owner(conversation: Any, user: Any) -> Any:
     return owner
 
 
-def read_conversation_context(conversation: Any, user: Any = None) -> list[dict[str, str]] | None:
+def read_cached_history(conversation: Any, user: Any = None) -> list[dict[str, str]] | None:
     """Return the cached messages of ``conversation`` (``[{"role", "content"}]``, oldest
     first), or None on a miss.
 
@@ -51,9 +52,7 @@ def read_conversation_context(conversation: Any, user: Any = None) -> list[dict[
     return list(data) if data is not None and _is_messages(data) else None
 
 
-def write_conversation_context(
-    conversation: Any, user: Any, messages: Iterable[dict[str, str]]
-) -> None:
+def write_cached_history(conversation: Any, user: Any, messages: Iterable[dict[str, str]]) -> None:
     """Cache ``messages`` (``[{"role", "content"}]``) as the context of ``conversation``.
 
     Args:
@@ -72,6 +71,6 @@ def write_conversation_context(
     )
 
 
-def delete_conversation_context(conversation: Any) -> None:
+def delete_cached_history(conversation: Any) -> None:
     """Forget the cached context of ``conversation`` on this site."""
     scoped_cache.delete(str(conversation.pk), GROUP)

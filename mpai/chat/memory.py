@@ -1,6 +1,6 @@
 """Live conversation memory: the sliding window a connection keeps per conversation.
 
-Thresholds follow the seed's chat loop (seed 001) as pinned in CONTRACTS.md:
+Thresholds (README, "The chat pipeline"):
 ``safe size = 2 × max_pairs + 5`` messages; when the window passes ``1.5 × safe size``
 it is trimmed, at the end of a turn, to its newest ``⌈1.2 × max_pairs⌉`` messages
 starting at a user message; at ``2 × safe size`` it is trimmed at once, mid-turn if

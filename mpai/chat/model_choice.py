@@ -1,4 +1,4 @@
-"""Model choice (seed 000, "Efficient API Usage": simple queries go to a cheaper model).
+"""Model choice (simple queries go to a cheaper model; README, "The chat pipeline").
 
 A request under ``MPAI["FAST_MODEL_MAX_TOKENS"]`` prompt tokens (1,000) whose query
 matches none of ``MPAI["COMPLEXITY_RULES"]`` goes to ``FAST_MODEL``; any other to

@@ -1,8 +1,8 @@
-"""The response cache (seed 000: API responses cached 30 minutes).
+"""The response cache (complete replies, 30 minutes by default).
 
 Keyed by a SHA-256 of what changes the answer: the model, the messages and the
 sampling parameters, and of the site (:mod:`mpai.site_identity`), so sites sharing one
-Redis never serve each other's replies (issue 8); an entry also claims its site and
+Redis never serve each other's replies; an entry also claims its site and
 is a miss for any other. Only complete replies (``finish_reason`` ``stop``) are stored.
 Entries live in the ``api_response`` group (:mod:`mpai.chat.cache_groups`),
 ``MPAI["RESPONSE_CACHE_TIMEOUT"]`` seconds (default: the group's 30 minutes). Without a

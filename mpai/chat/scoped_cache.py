@@ -1,4 +1,4 @@
-"""Cache entries that prove whose data they hold (issue 8, "Between sites").
+"""Cache entries that prove whose data they hold (README, "The chat pipeline").
 
 Data that can reach a prompt (a user's profile, a conversation's recent messages) is
 cached through this module, never under an id alone. An entry is stored as::

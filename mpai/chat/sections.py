@@ -2,7 +2,7 @@
 
 A section provider is a callable ``provider(request: ContextRequest) -> str | None``
 (None or "" = no section). A provider may have an ``applies(query: str) -> bool``
-attribute: it is then called only when the query needs it (the seed's lazy loading
+attribute: it is then called only when the query needs it (lazy loading
 of membership data). Sites replace or add providers in ``MPAI["CONTEXT_SECTIONS"]``.
 """
 
@@ -21,9 +21,9 @@ if TYPE_CHECKING:
 
 def user_info(request: ContextRequest) -> str:
     """Who the user is (cached 5 minutes in the ``user_context`` cache group)."""
-    from mpai.chat.usercontext import get_user_context
+    from mpai.chat.profile import get_user_profile
 
-    data = get_user_context(request.user)
+    data = get_user_profile(request.user)
     return "\n".join(f"{key}: {value}" for key, value in data.items() if value not in ("", None))
 
 
@@ -38,7 +38,7 @@ class SiteData:
     """Membership data: the user's groups, loaded only for membership questions.
 
     ``applies`` matches ``MPAI["SITE_DATA_KEYWORDS"]`` (a regular expression) against
-    the query, as the seed loads MemberPress data only when the query mentions it.
+    the query: membership data is loaded only when the query mentions it.
     """
 
     def applies(self, query: str) -> bool:

@@ -1,4 +1,4 @@
-"""Slow-operation logging with the seed's levels (seed 001, "Performance Monitoring").
+"""Slow-operation logging at three levels (README, "Settings": ``SLOW_LOG_*``).
 
 A receiver of ``request_complete``: each stage of ``timings_ms`` is logged on the
 ``mpai.slow`` logger at DEBUG under ``SLOW_LOG_INFO_S`` (1 s), at INFO from 1 to

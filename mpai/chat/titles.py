@@ -4,8 +4,8 @@ A new conversation is titled with the start of its first message (the pipeline s
 ``" ".join(content.split())[:TITLE_LENGTH]``, see :func:`default_title`). Once it has a
 complete reply, :func:`generate_titles` (run by the Celery task
 ``mpai.generate_conversation_titles``) asks the fast model for a short title, many
-conversations per request (:func:`mpai.chat.batch.ask_batched`, the seed's "Request
-Batching"), and saves it unless the title changed meanwhile.
+conversations per request (:func:`mpai.chat.batch.ask_batched`, request
+batching), and saves it unless the title changed meanwhile.
 
 No model field marks a default title: a conversation still has one when its title
 equals :func:`default_title` of its first user message.
@@ -145,7 +145,7 @@ def generate_titles(*, limit: int | None = None) -> int:
     order stays). A question the provider failed on is logged and skipped; the next run
     tries again.
 
-    Source: seed 000 "Request Batching"; the titles are this project's use of it.
+    README, "The chat pipeline" (conversation titles).
 
     Returns:
         How many conversations were renamed.

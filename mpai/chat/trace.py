@@ -6,7 +6,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
-# Points of a turn, in order (CONTRACTS.md, "Signals and timings").
+# Points of a turn, in order (README, "Signals").
 START = "start"
 CONTEXT_BUILT = "context_built"
 API_REQUEST_SENT = "api_request_sent"

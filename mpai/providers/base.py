@@ -4,7 +4,7 @@ The shapes follow the OpenAI Chat Completions API (``messages`` of ``role`` and
 ``content``, ``finish_reason``, ``usage``), which every supported provider speaks.
 
 A provider opens a stream in two steps so the pipeline can measure both points
-named by CONTRACTS.md: :meth:`ChatProvider.open_stream` returns once the status line
+named in README ("Signals"): :meth:`ChatProvider.open_stream` returns once the status line
 and headers have arrived (``api_response_received``); iterating the returned
 :class:`ChatStream` reads the body.
 """

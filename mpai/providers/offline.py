@@ -34,7 +34,7 @@ def split_tokens(text: str) -> list[str]:
     return _TOKEN_RE.findall(text)
 
 
-def estimate_tokens(text: str) -> int:
+def rough_token_count(text: str) -> int:
     """Estimate tokens as one per four characters (at least one for non-empty text)."""
     return (len(text) + 3) // 4
 
@@ -92,7 +92,7 @@ class OfflineStream(ChatStream):
                 return
             sent += 1
             yield StreamChunk(text=token)
-        completion_tokens = estimate_tokens("".join(self._tokens[:sent]))
+        completion_tokens = rough_token_count("".join(self._tokens[:sent]))
         yield StreamChunk(
             finish_reason="stop",
             usage=Usage(
@@ -146,7 +146,7 @@ class OfflineProvider(ChatProvider):
         return replies[int.from_bytes(digest[:8], "big") % len(replies)]
 
     def open_stream(self, request: ChatRequest) -> ChatStream:
-        prompt_tokens = sum(estimate_tokens(m.get("content", "")) + 4 for m in request.messages)
+        prompt_tokens = sum(rough_token_count(m.get("content", "")) + 4 for m in request.messages)
         return OfflineStream(
             self.reply_for(request),
             prompt_tokens=prompt_tokens,

@@ -116,10 +116,11 @@ def test_stats(cache: Any) -> None:
 
 
 def test_the_group_lifetimes_have_one_source() -> None:
-    # mpai.chat.cache_groups names every group and its default lifetime; a default in
-    # MPAI's settings defaults, if any remains there, must not contradict it.
+    # The lifetimes are written once, in mpai's settings defaults; the grouped API's
+    # table is a read-only view of that dict, not a second copy that could drift.
     from mpai.conf import DEFAULTS
 
     assert cache_groups.DEFAULT_TIMEOUTS["conversation_context"] == 15 * 60
-    for group, seconds in (DEFAULTS.get("CACHE_TIMEOUTS") or {}).items():
-        assert cache_groups.DEFAULT_TIMEOUTS.get(group, seconds) == seconds, group
+    assert dict(cache_groups.DEFAULT_TIMEOUTS) == DEFAULTS["CACHE_TIMEOUTS"]
+    with pytest.raises(TypeError):
+        cache_groups.DEFAULT_TIMEOUTS["user_context"] = 1  # type: ignore[index]

@@ -8,7 +8,7 @@ import pytest
 from django.apps import apps
 
 from mpai.chat import cache_groups, scoped_cache
-from mpai.chat.usercontext import store_user_context
+from mpai.chat.profile import store_user_profile
 from mpai.signals import membership_changed
 from mpai.site_identity import site_identity
 
@@ -33,7 +33,7 @@ def cached_context(user: Any) -> Any:
 
 
 def remember_context(user: Any) -> None:
-    store_user_context(user, {"name": user.username})
+    store_user_profile(user, {"name": user.username})
 
 
 def test_saving_the_user_invalidates_its_context(cache: Any, user: Any, make_user: Any) -> None:

@@ -204,7 +204,7 @@ def test_two_connections_on_one_conversation_see_each_others_turns(
 def test_a_connections_memory_is_reloaded_when_the_conversation_moved_on(
     http_pipeline, user, seen_contexts
 ):
-    from mpai.chat.history_cache import delete_conversation_context
+    from mpai.chat.history_cache import delete_cached_history
 
     tab_a, tab_b = http_pipeline, ChatPipeline()
     turn, _, _ = chat(tab_a, user, "from tab A")
@@ -212,6 +212,6 @@ def test_a_connections_memory_is_reloaded_when_the_conversation_moved_on(
     chat(tab_b, user, "from tab B", conversation_id=conversation_id)
     # The shared cached context expired (15 minutes): tab A's live memory is older
     # than the conversation, so it is read again from the database.
-    delete_conversation_context(Conversation.objects.get(pk=conversation_id))
+    delete_cached_history(Conversation.objects.get(pk=conversation_id))
     chat(tab_a, user, "A again", conversation_id=conversation_id)
     assert "from tab B" in [m["content"] for m in seen_contexts[-1]["messages"]]

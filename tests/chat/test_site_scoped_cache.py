@@ -10,7 +10,7 @@ import pytest
 from django.db import DatabaseError, transaction
 
 from mpai.chat import cache_groups, history_cache, response_cache, scoped_cache
-from mpai.chat.usercontext import get_user_context
+from mpai.chat.profile import get_user_profile
 from mpai.models import Conversation, SiteIdentity
 from mpai.providers import ChatRequest
 from mpai.site_identity import _known, site_identity
@@ -31,11 +31,11 @@ def forge(key: str, group: str, **claims: Any) -> None:
 
 @pytest.mark.django_db
 def test_a_conversation_context_is_read_back_on_its_own_site(conversation: Conversation) -> None:
-    history_cache.write_conversation_context(conversation, conversation.owner, MESSAGES)
-    assert history_cache.read_conversation_context(conversation) == MESSAGES
-    assert history_cache.read_conversation_context(conversation, conversation.owner) == MESSAGES
-    history_cache.delete_conversation_context(conversation)
-    assert history_cache.read_conversation_context(conversation) is None
+    history_cache.write_cached_history(conversation, conversation.owner, MESSAGES)
+    assert history_cache.read_cached_history(conversation) == MESSAGES
+    assert history_cache.read_cached_history(conversation, conversation.owner) == MESSAGES
+    history_cache.delete_cached_history(conversation)
+    assert history_cache.read_cached_history(conversation) is None
 
 
 @pytest.mark.django_db
@@ -70,14 +70,14 @@ def test_a_conversation_context_hit_claiming_anything_else_is_a_miss(
         "data": MESSAGES,
     }
     forge(str(conversation.pk), history_cache.GROUP, **{**claims, **change})
-    assert history_cache.read_conversation_context(conversation) is None
+    assert history_cache.read_cached_history(conversation) is None
 
 
 @pytest.mark.django_db
 def test_an_entry_keyed_by_the_id_alone_is_never_read(conversation: Conversation) -> None:
     # What a site without this fix (or sharing the Redis) leaves under the bare id.
     cache_groups.set(str(conversation.pk), MESSAGES, group=history_cache.GROUP)
-    assert history_cache.read_conversation_context(conversation) is None
+    assert history_cache.read_cached_history(conversation) is None
 
 
 @pytest.mark.django_db
@@ -85,10 +85,10 @@ def test_only_the_owner_reads_or_writes_a_conversation_context(
     conversation: Conversation, make_user: Any
 ) -> None:
     stranger = make_user()
-    history_cache.write_conversation_context(conversation, stranger, MESSAGES)
-    assert history_cache.read_conversation_context(conversation) is None
-    history_cache.write_conversation_context(conversation, conversation.owner, MESSAGES)
-    assert history_cache.read_conversation_context(conversation, stranger) is None
+    history_cache.write_cached_history(conversation, stranger, MESSAGES)
+    assert history_cache.read_cached_history(conversation) is None
+    history_cache.write_cached_history(conversation, conversation.owner, MESSAGES)
+    assert history_cache.read_cached_history(conversation, stranger) is None
 
 
 @pytest.mark.django_db
@@ -102,9 +102,9 @@ def test_a_user_context_of_another_site_or_user_is_not_used(user: Any) -> None:
             cache_groups.USER_CONTEXT,
             **{"site": site_identity(), "conversation": None, "data": forged, **claims},
         )
-        assert get_user_context(user)["name"] == "Real"
+        assert get_user_profile(user)["name"] == "Real"
         scoped_cache.delete(str(user.pk), cache_groups.USER_CONTEXT)
-    get_user_context(user)  # cached now, with this site's claims
+    get_user_profile(user)  # cached now, with this site's claims
     assert (
         scoped_cache.get(str(user.pk), cache_groups.USER_CONTEXT, owner=user.pk)["name"] == "Real"
     )
@@ -114,13 +114,13 @@ def test_a_user_context_of_another_site_or_user_is_not_used(user: Any) -> None:
 def test_without_a_site_identity_nothing_is_read_or_stored(
     conversation: Conversation, monkeypatch: Any
 ) -> None:
-    history_cache.write_conversation_context(conversation, None, MESSAGES)
+    history_cache.write_cached_history(conversation, None, MESSAGES)
 
     def unavailable(using: str | None = None) -> str:
         raise DatabaseError("no such table: mpai_siteidentity")
 
     monkeypatch.setattr(scoped_cache, "site_identity", unavailable)
-    assert history_cache.read_conversation_context(conversation) is None
+    assert history_cache.read_cached_history(conversation) is None
     assert scoped_cache.set("k", 1, cache_groups.USER_CONTEXT, owner=1) is False
     request = ChatRequest(model="m", messages=MESSAGES)
     response_cache.store(request, text="cached", finish_reason="stop", usage=None)

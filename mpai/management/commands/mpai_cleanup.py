@@ -4,7 +4,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandParser
 
-from mpai.chat.retention import delete_expired_history
+from mpai.chat.cleanup import cleanup_chat_history
 
 
 class Command(BaseCommand):
@@ -14,7 +14,7 @@ class Command(BaseCommand):
         parser.add_argument("--days", type=int, default=None, help="retention in days")
 
     def handle(self, *args: Any, days: int | None, **options: Any) -> None:
-        result = delete_expired_history(days=days)
+        result = cleanup_chat_history(days=days)
         self.stdout.write(
             f"Deleted {result.messages_deleted} messages and "
             f"{result.conversations_deleted} empty conversations; "

@@ -1,11 +1,10 @@
-"""The cached user context (seed: user contexts live 5 minutes in the cache).
+"""The cached user profile: what the prompt's user-info section says (5 minutes by default).
 
 Entries live in the ``user_context`` group (:data:`mpai.chat.cache_groups.USER_CONTEXT`)
 through :mod:`mpai.chat.scoped_cache`: keyed by site and user, and used only when they
-claim this site and this user (issue 8: ids start at 1 on every site sharing a Redis).
+claim this site and this user (ids start at 1 on every site sharing a Redis).
 
-The seed deleted ``user_context_<id>`` on ``profile_update`` and on membership
-transactions. Here the receivers below, connected in ``MpaiConfig.ready()``, delete this
+The receivers below, connected in ``MpaiConfig.ready()``, delete this
 site's entry of the user when:
 
 - the user model sends ``post_save`` or ``post_delete``;
@@ -32,7 +31,7 @@ from mpai.chat.cache_groups import USER_CONTEXT as GROUP
 logger = logging.getLogger("mpai.cache")
 
 
-def get_user_context(user: Any) -> dict[str, Any]:
+def get_user_profile(user: Any) -> dict[str, Any]:
     """Return ``{"username", "name", "email", "joined", "staff"}`` for ``user``, cached.
 
     On a miss the user is read again from the database: a websocket connection keeps
@@ -51,16 +50,16 @@ def get_user_context(user: Any) -> dict[str, Any]:
             else "",
             "staff": bool(getattr(user, "is_staff", False)),
         }
-        store_user_context(user, data)
+        store_user_profile(user, data)
     return data
 
 
-def store_user_context(user: Any, data: dict[str, Any]) -> None:
+def store_user_profile(user: Any, data: dict[str, Any]) -> None:
     """Cache ``data`` as the context of ``user`` (the group's lifetime, 300 s default)."""
     scoped_cache.set(str(user.pk), data, GROUP, owner=user.pk)
 
 
-def delete_user_context(user: Any) -> bool:
+def delete_user_profile(user: Any) -> bool:
     """Forget the cached context of ``user`` (an instance or a primary key) on this site;
     return whether it was cached."""
     pk = getattr(user, "pk", user)
@@ -86,7 +85,7 @@ def invalidate_user_context(user: Any) -> None:
 
 def _delete_quietly(pk: Any) -> None:
     try:
-        delete_user_context(pk)
+        delete_user_profile(pk)
     except Exception:
         logger.exception("mpai cache: could not invalidate the context of user %s", pk)
 

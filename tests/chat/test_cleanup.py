@@ -4,9 +4,9 @@ import pytest
 from django.core.management import call_command
 from django.utils import timezone
 
-from mpai.chat.retention import delete_expired_history
+from mpai import tasks
+from mpai.chat.cleanup import cleanup_chat_history
 from mpai.models import Conversation, Message
-from mpai.tasks import cleanup_chat_history
 
 pytestmark = pytest.mark.django_db
 
@@ -27,7 +27,7 @@ def test_deletes_only_messages_past_retention_and_empty_old_conversations(user):
     keep = message(user, mixed, timedelta(days=29))
     Conversation.objects.filter(pk=old.pk).update(updated_at=timezone.now() - timedelta(days=31))
 
-    result = delete_expired_history()
+    result = cleanup_chat_history()
 
     assert result.messages_deleted == 2
     assert result.conversations_deleted == 1
@@ -40,7 +40,7 @@ def test_retention_days_come_from_settings(user, settings):
     conversation = Conversation.objects.create(owner=user)
     message(user, conversation, timedelta(days=8))
     message(user, conversation, timedelta(days=6))
-    assert delete_expired_history().messages_deleted == 1
+    assert cleanup_chat_history().messages_deleted == 1
 
 
 def test_stale_streaming_replies_are_closed_with_their_text(user):
@@ -57,7 +57,7 @@ def test_stale_streaming_replies_are_closed_with_their_text(user):
         status="streaming",
         heartbeat_at=timezone.now() - timedelta(seconds=40),
     )
-    assert delete_expired_history().stale_streams_closed == 2
+    assert cleanup_chat_history().stale_streams_closed == 2
     lost.refresh_from_db()
     assert lost.status == "error"
     stale.refresh_from_db()
@@ -73,4 +73,4 @@ def test_command_and_task(user, capsys):
     call_command("mpai_cleanup", "--days", "30")
     assert "Deleted 2 messages" in capsys.readouterr().out
     message(user, conversation, timedelta(days=40))
-    assert cleanup_chat_history.delay().get()["messages_deleted"] == 1
+    assert tasks.cleanup_chat_history.delay().get()["messages_deleted"] == 1

@@ -1,4 +1,8 @@
-"""Chat-history retention (the seed's daily cleanup of rows older than 30 days)."""
+"""History cleanup: delete chat history older than the retention period (30 days by default).
+
+Run daily by the Celery task ``mpai.cleanup_chat_history`` and by ``python manage.py
+mpai_cleanup`` (README, "The chat pipeline").
+"""
 
 from __future__ import annotations
 
@@ -19,16 +23,14 @@ STALE_STREAMING = timedelta(hours=1)
 
 @dataclass(frozen=True)
 class CleanupResult:
-    """Rows touched by :func:`delete_expired_history`."""
+    """Rows touched by :func:`cleanup_chat_history`."""
 
     messages_deleted: int
     conversations_deleted: int
     stale_streams_closed: int
 
 
-def delete_expired_history(
-    *, now: datetime | None = None, days: int | None = None
-) -> CleanupResult:
+def cleanup_chat_history(*, now: datetime | None = None, days: int | None = None) -> CleanupResult:
     """Delete messages older than the retention period and conversations left empty.
 
     Also marks replies stuck in ``streaming`` with no live writer (their lease expired,
