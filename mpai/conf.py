@@ -98,9 +98,12 @@ DEFAULTS: dict[str, Any] = {
     "SLOW_LOG_WARNING_S": 5.0,
     # System prompt sent first in every request.
     "SYSTEM_PROMPT": ("You are the assistant of a membership website. Answer clearly and briefly."),
-    # Threads that run provider streams for websocket consumers (each holds one
-    # stream for its whole duration, so this bounds concurrent streams per process).
-    "STREAM_WORKERS": 64,
+    # Replies streamed at once by one process (mpai.chat.capacity): the stream slots,
+    # and the threads of the websocket's stream pool. Past them, up to STREAM_QUEUE
+    # turns wait up to STREAM_QUEUE_SECONDS for a slot; the rest get "overloaded".
+    "STREAM_WORKERS": 256,
+    "STREAM_QUEUE": 256,
+    "STREAM_QUEUE_SECONDS": 0.5,
     # Chat history older than this many days is deleted by the history cleanup
     # (mpai.chat.cleanup).
     "HISTORY_RETENTION_DAYS": 30,
@@ -165,9 +168,6 @@ DEFAULTS: dict[str, Any] = {
     # the reply still finishes, is saved, and a resend replays it.
     "WEBSOCKET_SEND_BUFFER_BYTES": 256 * 1024,
     "WEBSOCKET_SLOW_CLIENT_SECONDS": 15.0,
-    # Threads that validate and save new turns, apart from the stream threads, so a
-    # new turn never waits behind other users' streams.
-    "START_WORKERS": 8,
     # Stream leases (mpai.chat.leases): seconds between heartbeats of the replies a
     # process writes, and the age of a heartbeat after which a streaming reply is
     # known to have no live writer.

@@ -1,13 +1,14 @@
 """The chat websocket ``ws/mpai/chat/`` (frames in README, "Websocket").
 
-The consumer only translates frames to pipeline calls and back. A new turn is
-validated and saved on the start threads (``MPAI["START_WORKERS"]``), then streamed on
-the stream threads (``MPAI["STREAM_WORKERS"]``), so a new turn never waits behind other
-users' streams and ``receive`` stays free for ``chat.cancel`` (Channels handles one
-message at a time per consumer). Frames go to the socket directly with ``send``, never
-through the channel layer (channel layers drop messages over capacity), through a
-:class:`mpai.relay.FrameRelay` that bounds the bytes held for a slow client.
-A disconnect is not a cancel: the worker thread goes on and saves the whole reply.
+The consumer only translates frames to pipeline calls and back. A new turn first takes a
+stream slot (:mod:`mpai.chat.capacity`: ``overloaded`` when none comes free in time),
+then is validated, saved and streamed on one of the stream threads
+(``MPAI["STREAM_WORKERS"]``, one per slot, so a new turn never waits behind other users'
+streams), and ``receive`` stays free for ``chat.cancel`` (Channels handles one message at
+a time per consumer). Frames go to the socket directly with
+``send``, never through the channel layer (channel layers drop messages over capacity),
+through a :class:`mpai.relay.FrameRelay` that bounds the bytes held for a slow client. A
+disconnect is not a cancel: the worker thread goes on and saves the whole reply.
 
 Close codes: 4401 after ``chat.error`` ``not_authenticated`` (the session was signed
 out, the user deactivated, or the password changed); 1013 (try again later) for a
@@ -29,8 +30,9 @@ from django.core.signals import setting_changed
 from django.db import close_old_connections
 from django.dispatch import receiver
 
+from mpai.chat.capacity import Slot, stream_slots
 from mpai.chat.pipeline import ChatPipeline
-from mpai.chat.turns import Started, TurnStream
+from mpai.chat.turns import TurnStream
 from mpai.conf import mpai_settings
 from mpai.exceptions import Busy, MpaiError, NotAuthenticated
 from mpai.frames import error_frame, frame_for
@@ -70,11 +72,6 @@ def _forget_executors(*, setting: str, **kwargs: Any) -> None:
 def stream_executor() -> ThreadPoolExecutor:
     """Return the process's pool of threads that run provider streams."""
     return _executor("stream", mpai_settings.STREAM_WORKERS)
-
-
-def start_executor() -> ThreadPoolExecutor:
-    """Return the process's pool of threads that validate and save new turns."""
-    return _executor("start", mpai_settings.START_WORKERS)
 
 
 class ChatConsumer(AsyncJsonWebsocketConsumer):
@@ -160,19 +157,14 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
     async def chat(self, content: dict[str, Any]) -> None:
         """Run one turn: ``chat.started``, ``chat.delta``…, then the final frame."""
         loop = asyncio.get_running_loop()
+        slot: Slot | None = None
         try:
             try:
-                turn, started = await loop.run_in_executor(
-                    start_executor(), self.start_turn, content
-                )
+                # A stream slot first (mpai.chat.capacity): past the ceiling the turn
+                # waits a bounded time, then gets "overloaded" with nothing saved.
+                slot = await stream_slots().acquire_async()
             except MpaiError as exc:
                 await self.send_final(json.dumps(error_frame(exc)))
-                if isinstance(exc, NotAuthenticated):
-                    await self.close(code=CLOSE_NOT_AUTHENTICATED)
-                return
-            except Exception:
-                logger.exception("mpai could not start a chat turn")
-                await self.send_final(json.dumps(error_frame(MpaiError())))
                 return
             relay = self.relay = FrameRelay(
                 loop,
@@ -180,14 +172,19 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
                 stall_seconds=mpai_settings.WEBSOCKET_SLOW_CLIENT_SECONDS,
                 on_stall=self.drop_slow_client,
             )
-            self.turn = turn
-            if self.cancel_requested:  # chat.cancel came while the turn was starting
-                turn.cancel()
-            loop.run_in_executor(stream_executor(), self.run_turn, turn, relay)
-            await self.send_json(frame_for(started))
+            # One hop: the stream thread starts the turn and relays it (a slot means a
+            # free thread, so a new turn never waits behind other users' streams).
+            loop.run_in_executor(stream_executor(), self.run_turn, content, relay, slot)
+            slot = None  # run_turn releases it when the turn is saved
             async for text, final in relay.frames():
+                if self.turn is None and relay.turn is not None:  # chat.started
+                    self.turn = relay.turn
+                    if self.cancel_requested:  # chat.cancel came while it was starting
+                        await loop.run_in_executor(None, self.turn.cancel)
                 if final:
                     await self.send_final(text)
+                    if isinstance(relay.refused, NotAuthenticated):
+                        await self.close(code=CLOSE_NOT_AUTHENTICATED)
                 else:
                     await self.send(text_data=text)
         except asyncio.CancelledError:
@@ -197,43 +194,50 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             if self.relay is not None:
                 self.relay.close()
         finally:
+            if slot is not None:  # the turn never reached its stream thread
+                slot.release()
             self.busy = False
             self.turn = None
             self.relay = None
 
-    def start_turn(self, content: dict[str, Any]) -> tuple[TurnStream, Started]:
-        """Check the session, validate and save a new turn, and read its ``Started``
-        (in a start thread: never behind other users' streams).
+    def start_turn(self, content: dict[str, Any]) -> TurnStream:
+        """Check the session, then validate and save a new turn (in its stream thread).
 
         Raises:
             NotAuthenticated: the session was signed out or invalidated.
             MpaiError: the pipeline refused the message.
         """
-        close_old_connections()
-        try:
-            user = current_user(self.scope)
-            if user is None:
-                raise NotAuthenticated()
-            events = self.pipeline.stream(
-                user=user,
-                content=content.get("content"),
-                conversation_id=content.get("conversation"),
-                client_id=content.get("client_id"),
-                page=content.get("page"),
-                use_cache=content.get("cache", True),
-            )
-            started = next(events)
-            assert isinstance(started, Started)
-            return events, started
-        finally:
-            close_old_connections()
+        user = current_user(self.scope)
+        if user is None:
+            raise NotAuthenticated()
+        return self.pipeline.stream(
+            user=user,
+            content=content.get("content"),
+            conversation_id=content.get("conversation"),
+            client_id=content.get("client_id"),
+            page=content.get("page"),
+            use_cache=content.get("cache", True),
+        )
 
-    def run_turn(self, events: TurnStream, relay: FrameRelay) -> None:
-        """Relay one started turn (in a stream thread); always ends the relay."""
+    def run_turn(self, content: dict[str, Any], relay: FrameRelay, slot: Slot) -> None:
+        """Start one turn and relay it (in a stream thread); always ends the relay, and
+        frees the turn's stream slot once the reply is saved."""
         close_old_connections()
         try:
+            try:
+                events = self.start_turn(content)
+            except MpaiError as exc:
+                relay.put_refusal(error_frame(exc), exc)
+                relay.finish()
+                return
+            except Exception as exc:
+                logger.exception("mpai could not start a chat turn")
+                relay.put_refusal(error_frame(MpaiError()), exc)
+                relay.finish()
+                return
             relay_events(events, relay, frame_for, error_frame=error_frame(MpaiError()))
         finally:
+            slot.release()
             close_old_connections()
 
     def drop_slow_client(self) -> None:

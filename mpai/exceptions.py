@@ -86,6 +86,16 @@ class RateLimited(MpaiError):
     default_detail = "Too many messages; please wait a moment."
 
 
+class Overloaded(MpaiError):
+    """The process streams as many replies as it may (``MPAI["STREAM_WORKERS"]``) and
+    no slot came free within ``MPAI["STREAM_QUEUE_SECONDS"]``; ``retry_after`` in s.
+    Nothing was saved."""
+
+    code = "overloaded"
+    status_code = 503
+    default_detail = "The assistant is busy with other members right now; please retry shortly."
+
+
 class NotAuthenticated(MpaiError):
     """The connection's session ended (signed out, deactivated, password changed)."""
 

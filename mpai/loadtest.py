@@ -4,11 +4,22 @@ The load tester runs in the same project and database as the server. Before any
 connection is opened it creates (or reuses) one user per client, named
 ``mpai-load-<i>`` (``i`` from 1; an unusable password, so nobody can sign in as them),
 and a fresh session for each in the configured ``SESSION_ENGINE``
-(:func:`prepare_sessions`). Then :func:`run_load` opens the clients concurrently with the
-``websockets`` asyncio client; each sends its messages one after another in one
-conversation (the ``conversation`` of its first ``chat.started``) and times every
-turn. The sessions are deleted afterwards (:func:`delete_sessions`); the users, and the
-conversations they made, stay (``mpai_cleanup`` removes old history).
+(:func:`prepare_sessions`). Then :func:`run_load` opens the clients, and the idle
+websockets (``idle``: the users after the clients', sending nothing), concurrently with
+the ``websockets`` asyncio client; once every handshake is over, each client sends its
+messages one after another in one conversation (the ``conversation`` of its first
+``chat.started``) and times every turn. The idle websockets stay open until the last
+client is done (then a ping checks they still are). The sessions are deleted afterwards
+(:func:`delete_sessions`); the users, and the conversations they made, stay
+(``mpai_cleanup`` removes old history).
+
+A turn's own cost: with ``provider_first_token_ms`` (the provider's own time to first
+token, ms) the report shows the time mpai adds to the first token; with ``server_pid``
+(a process on this machine: the uvicorn worker, children excluded) it samples the
+server with psutil (:class:`ServerMonitor`, :class:`ServerUsage`): CPU seconds during
+the run and per ok turn, and RSS before the connections, with them open and idle, and at
+its peak while turns stream (sampled every ``sample_ms`` on a thread), so memory per idle
+websocket and per open stream.
 
 All database work happens outside the event loop, so the command also runs where an
 event loop must not touch the database (``call_command`` in a test).
@@ -24,8 +35,9 @@ Usage::
 
     from mpai import loadtest
     config = loadtest.LoadTestConfig(url="ws://127.0.0.1:8000/ws/mpai/chat/", users=20,
-                                     messages=5, prompts=loadtest.load_prompts())
-    keys = loadtest.prepare_sessions(config.users)
+                                     messages=5, prompts=loadtest.load_prompts(),
+                                     idle=50, provider_first_token_ms=300, server_pid=1234)
+    keys = loadtest.prepare_sessions(config.users + config.idle)
     try:
         report = asyncio.run(loadtest.run_load(config, keys))
     finally:
@@ -38,6 +50,7 @@ from __future__ import annotations
 import asyncio
 import json
 import statistics
+import threading
 import time
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -47,6 +60,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import psutil
 from django.conf import settings
 from django.contrib.auth import (
     BACKEND_SESSION_KEY,
@@ -73,6 +87,10 @@ CLIENT_HANDSHAKE = "client_handshake_failed"  # refused or unreachable at the ha
 CLIENT_BAD_FRAME = "client_bad_frame"  # a frame that is not a JSON object
 CLIENT_NOT_SENT = "client_not_sent"  # not sent: an earlier turn lost the connection
 
+#: The server's ``chat.error`` code of a turn refused for want of a stream slot.
+OVERLOADED = "overloaded"
+_MIB = 1024 * 1024
+
 
 @dataclass(frozen=True)
 class LoadTestConfig:
@@ -88,6 +106,13 @@ class LoadTestConfig:
         origin: the ``Origin`` header; None = the URL's ``http(s)://host:port``.
         timeout: seconds allowed for the handshake and for each turn (send → final frame).
         cache: False sends ``"cache": false`` (skip the server's response cache).
+        idle: extra websockets, each with its own user and session, that send nothing and
+            stay open for the whole run (≥ 0).
+        provider_first_token_ms: the provider's own time to first token (ms); None = no
+            "added first token" figure.
+        server_pid: the server process to sample with psutil (on this machine); None =
+            no server figures.
+        sample_ms: interval of the RSS samples while turns stream (ms).
     """
 
     url: str
@@ -98,6 +123,10 @@ class LoadTestConfig:
     origin: str | None = None
     timeout: float = 60.0
     cache: bool = True
+    idle: int = 0
+    provider_first_token_ms: float | None = None
+    server_pid: int | None = None
+    sample_ms: float = 50.0
 
 
 @dataclass
@@ -127,6 +156,110 @@ class TurnTiming:
     cached: bool = False
 
 
+def per_item_kib(grown_bytes: float | None, items: int) -> float | None:
+    """``grown_bytes / items`` in KiB; None without a figure or with no items."""
+    if grown_bytes is None or items <= 0:
+        return None
+    return grown_bytes / items / 1024
+
+
+def added_first_token_ms(turns: Iterable[TurnTiming], provider_ms: float) -> list[float]:
+    """Sorted ``first_token_ms − provider_ms`` (ms) of the turns with a first token, the
+    time mpai adds to the provider's own; turns answered from the response cache are
+    left out (no provider call). Negative when the provider was faster than
+    ``provider_ms``."""
+    return sorted(
+        t.first_token_ms - provider_ms
+        for t in turns
+        if t.first_token_ms is not None and not t.cached
+    )
+
+
+@dataclass
+class ServerUsage:
+    """What the server process used during a run (one process: children excluded).
+
+    CPU is user + system seconds (``psutil.Process.cpu_times``); RSS is resident memory
+    in bytes (``memory_info().rss``), shown in MiB. A figure the process could not give
+    (it exited, access denied) is None, and ``error`` says why.
+
+    Attributes:
+        pid: the process.
+        cpu_run_s: CPU seconds from before the first connection to after the last
+            websocket closed.
+        cpu_turns_s: CPU seconds from the first message to the last client's end.
+        rss_before: RSS before any connection (bytes).
+        rss_idle: RSS once every handshake is over, before the first message (bytes).
+        rss_peak_streaming: the largest RSS sample taken while a turn streamed (bytes;
+            None when no sample fell inside a stream).
+        rss_after: RSS after every websocket closed (bytes).
+        sockets: websockets open at the idle sample (clients and idle websockets).
+        peak_streams: the most turns streaming at once, counted by the clients (from
+            sending the message to its final frame).
+        samples: RSS samples taken while turns streamed.
+        error: why a figure is missing, or None.
+    """
+
+    pid: int
+    cpu_run_s: float | None = None
+    cpu_turns_s: float | None = None
+    rss_before: int | None = None
+    rss_idle: int | None = None
+    rss_peak_streaming: int | None = None
+    rss_after: int | None = None
+    sockets: int = 0
+    peak_streams: int = 0
+    samples: int = 0
+    error: str | None = None
+
+    def cpu_per_turn_ms(self, ok_turns: int) -> float | None:
+        """Server CPU during the turns per ok turn (ms); None without turns or a figure."""
+        if self.cpu_turns_s is None or ok_turns <= 0:
+            return None
+        return self.cpu_turns_s * 1000 / ok_turns
+
+    @property
+    def idle_websocket_kib(self) -> float | None:
+        """(RSS idle − RSS before) / websockets open (KiB per idle websocket)."""
+        grown = _difference(self.rss_idle, self.rss_before)
+        return per_item_kib(grown, self.sockets)
+
+    @property
+    def open_stream_kib(self) -> float | None:
+        """(peak RSS while streaming − RSS idle) / peak concurrent streams (KiB per stream)."""
+        grown = _difference(self.rss_peak_streaming, self.rss_idle)
+        return per_item_kib(grown, self.peak_streams)
+
+    def lines(self, ok_turns: int) -> list[str]:
+        """The report's server lines (CPU in s and ms, RSS in MiB, per-item memory in KiB)."""
+        lines = [
+            f"server pid {self.pid}: CPU {_figure(self.cpu_run_s, '.3f')} s during the run "
+            f"(user+system, children excluded), {_figure(self.cpu_turns_s, '.3f')} s during "
+            f"the turns, {_figure(self.cpu_per_turn_ms(ok_turns), '.1f')} ms per ok turn",
+            f"server RSS (MiB): {_mib(self.rss_before)} before, {_mib(self.rss_idle)} idle "
+            f"({self.sockets} websockets), {_mib(self.rss_peak_streaming)} peak streaming "
+            f"({self.samples} samples), {_mib(self.rss_after)} after",
+            f"memory per idle websocket: {_figure(self.idle_websocket_kib, '.1f')} KiB; "
+            f"per open stream: {_figure(self.open_stream_kib, '.1f')} KiB "
+            f"(peak {self.peak_streams} streams)",
+        ]
+        if self.error:
+            lines.append(f"  server: {self.error}")
+        return lines
+
+
+def _difference(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None else a - b
+
+
+def _figure(value: float | None, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def _mib(value: int | None) -> str:
+    return _figure(None if value is None else value / _MIB, ".1f")
+
+
 @dataclass
 class LoadTestReport:
     """The results of one run: every turn (``users × messages`` of them) and the clock.
@@ -137,6 +270,11 @@ class LoadTestReport:
         connect_ms: handshake times (ms) of the clients that connected.
         handshake_errors: clients that could not connect, by exception text.
         wall_s: seconds from the first connection attempt to the last client's end.
+        idle_connected: idle websockets that connected.
+        idle_open_at_end: idle websockets that still answered a ping after the last client.
+        idle_handshake_errors: idle websockets that could not connect, by exception text.
+        peak_streams: the most turns streaming at once (send → final frame, client side).
+        server: the server's CPU and memory (``config.server_pid``), else None.
     """
 
     config: LoadTestConfig
@@ -144,6 +282,11 @@ class LoadTestReport:
     connect_ms: list[float] = field(default_factory=list)
     handshake_errors: Counter[str] = field(default_factory=Counter)
     wall_s: float = 0.0
+    idle_connected: int = 0
+    idle_open_at_end: int = 0
+    idle_handshake_errors: Counter[str] = field(default_factory=Counter)
+    peak_streams: int = 0
+    server: ServerUsage | None = None
 
     @property
     def ok(self) -> int:
@@ -159,18 +302,35 @@ class LoadTestReport:
 
     def latencies(self) -> dict[str, list[float]]:
         """Sorted samples in ms: ``connect`` (per client), ``started`` (turns that got
-        ``chat.started``), ``first_token`` (turns with a delta), ``total`` (ok turns)."""
-        return {
+        ``chat.started``), ``first_token`` (turns with a delta), ``added_first_token``
+        (only with ``config.provider_first_token_ms``: :func:`added_first_token_ms`),
+        ``total`` (ok turns) and ``overloaded`` (only when any: send → the ``chat.error``
+        ``overloaded`` frame)."""
+        latencies = {
             "connect": sorted(self.connect_ms),
             "started": sorted(t.started_ms for t in self.turns if t.started_ms is not None),
             "first_token": sorted(
                 t.first_token_ms for t in self.turns if t.first_token_ms is not None
             ),
-            "total": sorted(t.total_ms for t in self.turns if t.ok and t.total_ms is not None),
         }
+        if self.config.provider_first_token_ms is not None:
+            latencies["added_first_token"] = added_first_token_ms(
+                self.turns, self.config.provider_first_token_ms
+            )
+        latencies["total"] = sorted(
+            t.total_ms for t in self.turns if t.ok and t.total_ms is not None
+        )
+        overloaded = sorted(
+            t.total_ms for t in self.turns if t.code == OVERLOADED and t.total_ms is not None
+        )
+        if overloaded:
+            latencies["overloaded"] = overloaded
+        return latencies
 
     def format(self) -> str:
-        """The printed report: counts, throughput and a median/p95/p99/max table (ms)."""
+        """The printed report: counts, throughput, idle websockets, peak concurrent
+        streams, a median/p95/p99/max table (ms) and, with ``server``, its CPU (s, ms per
+        ok turn) and memory (MiB; KiB per idle websocket and per open stream)."""
         cfg = self.config
         wall = self.wall_s or float("nan")
         deltas = sum(t.deltas for t in self.turns)
@@ -187,21 +347,39 @@ class LoadTestReport:
             f"{sum(t.cached for t in self.turns if t.ok)} from the response cache",
             f"wall time: {self.wall_s:.3f} s; {self.ok / wall:.2f} turns/s (ok); "
             f"{deltas / wall:.1f} deltas/s",
-            f"{'latency (ms)':<14}{'n':>6}{'median':>10}{'p95':>10}{'p99':>10}{'max':>10}",
         ]
-        for name, samples in self.latencies().items():
-            label = name.replace("_", " ")
-            if not samples:
-                lines.append(f"{label:<14}{0:>6}{'-':>10}{'-':>10}{'-':>10}{'-':>10}")
-                continue
-            figures = (
-                statistics.median(samples),
-                percentile(samples, 0.95),
-                percentile(samples, 0.99),
-                samples[-1],
+        if cfg.idle:
+            lines.append(
+                f"idle websockets: {self.idle_connected} of {cfg.idle} connected, "
+                f"{self.idle_open_at_end} still open at the end"
             )
-            lines.append(f"{label:<14}{len(samples):>6}" + "".join(f"{v:>10.1f}" for v in figures))
+            lines.extend(
+                f"  idle handshake: {text} ({n} websockets)"
+                for text, n in self.idle_handshake_errors.items()
+            )
+        lines.append(f"concurrent streams: peak {self.peak_streams}")
+        lines.extend(latency_table(self.latencies()))
+        if self.server is not None:
+            lines.extend(self.server.lines(self.ok))
         return "\n".join(lines)
+
+
+def latency_table(latencies: dict[str, list[float]]) -> list[str]:
+    """A header and one row per sorted sample list: n, median, p95, p99, max (ms)."""
+    lines = [f"{'latency (ms)':<18}{'n':>6}{'median':>10}{'p95':>10}{'p99':>10}{'max':>10}"]
+    for name, samples in latencies.items():
+        label = name.replace("_", " ")
+        if not samples:
+            lines.append(f"{label:<18}{0:>6}{'-':>10}{'-':>10}{'-':>10}{'-':>10}")
+            continue
+        figures = (
+            statistics.median(samples),
+            percentile(samples, 0.95),
+            percentile(samples, 0.99),
+            samples[-1],
+        )
+        lines.append(f"{label:<18}{len(samples):>6}" + "".join(f"{v:>10.1f}" for v in figures))
+    return lines
 
 
 # --- prompts -------------------------------------------------------------------------
@@ -288,6 +466,97 @@ def delete_sessions(keys: Iterable[str]) -> None:
         store_class(session_key=key).delete()
 
 
+# --- the server process (psutil) ---------------------------------------------------
+
+
+class OpenStreams:
+    """Turns between sending the message and its final frame, counted by the clients
+    (on the event loop; the sampling thread only reads ``open``)."""
+
+    def __init__(self) -> None:
+        self.open = 0
+        self.peak = 0
+
+    def opened(self) -> None:
+        self.open += 1
+        self.peak = max(self.peak, self.open)
+
+    def closed(self) -> None:
+        self.open -= 1
+
+
+class ServerMonitor:
+    """Reads one server process with psutil into :attr:`usage` (a :class:`ServerUsage`).
+
+    :meth:`rss` (bytes) and :meth:`cpu_s` (user + system seconds, children excluded)
+    return None, and note the reason in ``usage.error``, once the process cannot be
+    read. :meth:`start_sampling` samples RSS on a thread while turns stream.
+
+    Raises:
+        ValueError: no process ``pid``, or it cannot be read (another user's).
+    """
+
+    def __init__(self, pid: int) -> None:
+        try:
+            self.process = psutil.Process(pid)
+            self.process.memory_info()
+            self.process.cpu_times()
+        except psutil.Error as exc:
+            raise ValueError(f"Cannot sample the server process {pid}: {exc}") from exc
+        self.usage = ServerUsage(pid)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def rss(self) -> int | None:
+        """Resident memory (bytes), or None when the process cannot be read."""
+        try:
+            return int(self.process.memory_info().rss)
+        except psutil.Error as exc:
+            self.usage.error = self.usage.error or f"cannot read the process: {exc}"
+            return None
+
+    def cpu_s(self) -> float | None:
+        """CPU seconds so far (user + system, children excluded), or None."""
+        try:
+            times = self.process.cpu_times()
+        except psutil.Error as exc:
+            self.usage.error = self.usage.error or f"cannot read the process: {exc}"
+            return None
+        return float(times.user + times.system)
+
+    def start_sampling(self, streams: OpenStreams, interval_s: float) -> None:
+        """Sample RSS every ``interval_s`` s (on a daemon thread) while
+        ``streams.open`` > 0, keeping the peak in ``usage.rss_peak_streaming``."""
+        self._stop.clear()
+        self._thread = threading.Thread(
+            target=self._sample, args=(streams, interval_s), name="mpai-loadtest-rss", daemon=True
+        )
+        self._thread.start()
+
+    def stop_sampling(self) -> None:
+        """Stop the sampling thread and wait for it."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+
+    def _sample(self, streams: OpenStreams, interval_s: float) -> None:
+        usage = self.usage
+        while not self._stop.wait(interval_s):
+            if streams.open <= 0:
+                continue
+            rss = self.rss()
+            if rss is None:
+                return
+            usage.samples += 1
+            usage.rss_peak_streaming = max(usage.rss_peak_streaming or 0, rss)
+
+
+def check_server_pid(pid: int) -> None:
+    """Raise ValueError unless psutil can read process ``pid`` (for ``--server-pid``)."""
+    ServerMonitor(pid)
+
+
 # --- the clients --------------------------------------------------------------------
 
 
@@ -301,34 +570,82 @@ def origin_for(url: str) -> str:
 async def run_load(config: LoadTestConfig, session_keys: Sequence[str]) -> LoadTestReport:
     """Run ``config.users`` clients concurrently and return the report.
 
+    Every websocket (clients and ``config.idle`` idle ones) is opened first; the clients
+    send their first messages once every handshake is over. With ``config.server_pid``
+    the server is sampled (:class:`ServerUsage`).
+
     Args:
         config: what to run.
-        session_keys: one session key per client (:func:`prepare_sessions`).
+        session_keys: one session key per client, then one per idle websocket
+            (:func:`prepare_sessions` of ``users + idle``).
 
     Failures never raise: every turn ends up in the report with its code.
+
+    Raises:
+        ValueError: too few session keys, no prompts, or no readable ``server_pid``.
     """
-    if len(session_keys) < config.users:
-        raise ValueError(f"{config.users} users need as many session keys.")
+    sockets = config.users + config.idle
+    if len(session_keys) < sockets:
+        raise ValueError(
+            f"{config.users} users and {config.idle} idle websockets need {sockets} session keys."
+        )
     if not config.prompts:
         raise ValueError("No prompts.")
+    monitor = None if config.server_pid is None else ServerMonitor(config.server_pid)
     report = LoadTestReport(config)
     cookie_name = settings.SESSION_COOKIE_NAME
+    streams = OpenStreams()
+    cpu_start = cpu_idle = None  # server CPU seconds at the start and once connected
+    if monitor is not None:
+        report.server = monitor.usage
+        monitor.usage.rss_before = monitor.rss()
+        cpu_start = monitor.cpu_s()
     start = time.perf_counter()
-    per_client = await asyncio.gather(
-        *(
-            _client(config, report, i, f"{cookie_name}={session_keys[i - 1]}")
-            for i in range(1, config.users + 1)
-        )
+    opened = await asyncio.gather(
+        *(_open(config, f"{cookie_name}={key}") for key in session_keys[:sockets])
     )
-    report.wall_s = time.perf_counter() - start
-    report.turns = [turn for turns in per_client for turn in turns]
+    connections = [ws for ws, _ in opened if ws is not None]
+    try:
+        clients, idle = opened[: config.users], opened[config.users :]
+        for ws, outcome in clients:
+            if ws is None:
+                report.handshake_errors[str(outcome)] += 1
+            else:
+                report.connect_ms.append(float(outcome))
+        for ws, outcome in idle:
+            if ws is None:
+                report.idle_handshake_errors[str(outcome)] += 1
+        report.idle_connected = sum(ws is not None for ws, _ in idle)
+        if monitor is not None:
+            monitor.usage.sockets = len(connections)
+            monitor.usage.rss_idle = monitor.rss()
+            cpu_idle = monitor.cpu_s()
+            monitor.start_sampling(streams, config.sample_ms / 1000)
+        try:
+            per_client = await asyncio.gather(
+                *(_client(config, ws, i, streams) for i, (ws, _) in enumerate(clients, 1))
+            )
+        finally:
+            if monitor is not None:
+                monitor.stop_sampling()
+        report.wall_s = time.perf_counter() - start
+        report.turns = [turn for turns in per_client for turn in turns]
+        report.peak_streams = streams.peak
+        if monitor is not None:
+            monitor.usage.peak_streams = streams.peak
+            monitor.usage.cpu_turns_s = _difference(monitor.cpu_s(), cpu_idle)
+        alive = await asyncio.gather(*(_still_open(ws, config) for ws, _ in idle if ws))
+        report.idle_open_at_end = sum(alive)
+    finally:
+        await asyncio.gather(*(ws.close() for ws in connections), return_exceptions=True)
+    if monitor is not None:
+        monitor.usage.cpu_run_s = _difference(monitor.cpu_s(), cpu_start)
+        monitor.usage.rss_after = monitor.rss()
     return report
 
 
-async def _client(
-    config: LoadTestConfig, report: LoadTestReport, user: int, cookie: str
-) -> list[TurnTiming]:
-    turns = [TurnTiming(user, j) for j in range(1, config.messages + 1)]
+async def _open(config: LoadTestConfig, cookie: str) -> tuple[ClientConnection | None, float | str]:
+    """Open one websocket: ``(connection, handshake ms)`` or ``(None, error text)``."""
     began = time.perf_counter()
     try:
         ws = await connect(
@@ -339,11 +656,28 @@ async def _client(
             proxy=None,
         )
     except (OSError, InvalidHandshake, TimeoutError) as exc:
-        report.handshake_errors[f"{type(exc).__name__}: {exc}"] += 1
+        return None, f"{type(exc).__name__}: {exc}"
+    return ws, (time.perf_counter() - began) * 1000
+
+
+async def _still_open(ws: ClientConnection, config: LoadTestConfig) -> bool:
+    """Whether ``ws`` answers a ping within ``config.timeout`` (at most 10 s)."""
+    try:
+        async with asyncio.timeout(min(config.timeout, 10.0)):
+            await (await ws.ping())
+    except (ConnectionClosed, TimeoutError):
+        return False
+    return True
+
+
+async def _client(
+    config: LoadTestConfig, ws: ClientConnection | None, user: int, streams: OpenStreams
+) -> list[TurnTiming]:
+    turns = [TurnTiming(user, j) for j in range(1, config.messages + 1)]
+    if ws is None:
         for turn in turns:
             turn.code = CLIENT_HANDSHAKE
         return turns
-    report.connect_ms.append((time.perf_counter() - began) * 1000)
     conversation: Any = None
     try:
         for j, turn in enumerate(turns):
@@ -356,6 +690,7 @@ async def _client(
             }
             if not config.cache:
                 frame["cache"] = False
+            streams.opened()
             try:
                 async with asyncio.timeout(config.timeout):
                     conversation = await _turn(ws, frame, turn) or conversation
@@ -368,6 +703,8 @@ async def _client(
             except (ValueError, AttributeError):
                 turn.code = CLIENT_BAD_FRAME
                 break
+            finally:
+                streams.closed()
     finally:
         await ws.close()
     return turns

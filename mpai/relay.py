@@ -21,21 +21,41 @@ import json
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-from mpai.chat.turns import Event, Finished, TurnStream
+from mpai.chat.turns import Delta, Event, Finished, Started, TurnStream
 
 logger = logging.getLogger(__name__)
+
+
+class _Deltas:
+    """Delta texts the event loop has not taken yet: they leave as one frame."""
+
+    __slots__ = ("parts", "size")
+
+    def __init__(self) -> None:
+        self.parts: list[str] = []
+        self.size = 0
+
+
+#: A queued frame: (JSON text, bytes, final), merged deltas, or None (no frame follows).
+_Item = tuple[str, int, bool] | _Deltas | None
 
 
 class FrameRelay:
     """A one-turn pipe of JSON text frames from one thread to one event loop.
 
+    Deltas the loop has not taken yet are merged into one ``chat.delta`` frame (their
+    concatenation is exactly the reply), so a busy loop sends fewer, larger frames
+    instead of falling behind, and the worker wakes the loop once per batch, not once
+    per delta.
+
     Args:
         loop: the event loop that sends the frames.
-        max_bytes: most bytes (UTF-8 of the encoded frames) held at once; one frame is
-            always let through, however large.
+        max_bytes: most bytes (UTF-8 of the delta texts and encoded frames) held at
+            once; one frame is always let through, however large.
         stall_seconds: how long a full buffer may see no progress before the client is
             given up.
         on_stall: called on the loop when the client is given up.
@@ -50,7 +70,9 @@ class FrameRelay:
         on_stall: Callable[[], None] | None = None,
     ) -> None:
         self._loop = loop
-        self._queue: asyncio.Queue[tuple[str, int, bool] | None] = asyncio.Queue()
+        self._items: deque[_Item] = deque()
+        self._ready = asyncio.Event()
+        self._scheduled = False
         self._cond = threading.Condition()
         self._buffered = 0
         self._closed = False
@@ -61,6 +83,10 @@ class FrameRelay:
         self.stalled = False
         #: Most bytes held at once (for tests and benchmarks).
         self.peak_bytes = 0
+        #: The turn, handed over with its first frame (:meth:`put_started`).
+        self.turn: TurnStream | None = None
+        #: Why the turn was refused before it started (with the final frame), or None.
+        self.refused: Exception | None = None
 
     # -- worker thread side -------------------------------------------------------------
 
@@ -71,21 +97,42 @@ class FrameRelay:
             False when the frame was dropped: the client is gone or was given up.
         """
         text = json.dumps(frame)
-        size = len(text.encode("utf-8")) if not text.isascii() else len(text)
+        size = _size(text)
         with self._cond:
-            deadline = time.monotonic() + self.stall_seconds
-            while not self._closed and self._buffered and self._buffered + size > self.max_bytes:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    self._give_up()
-                    break
-                if self._cond.wait(remaining):  # progress: the client took a frame
-                    deadline = time.monotonic() + self.stall_seconds
-            if self._closed:
+            if not self._room(size):
                 return False
-            self._buffered += size
-            self.peak_bytes = max(self.peak_bytes, self._buffered)
-        return self._call_soon(self._queue.put_nowait, (text, size, final))
+            self._items.append((text, size, final))
+            return self._queued(size)
+
+    def put_started(self, frame: dict[str, Any], turn: TurnStream) -> bool:
+        """Queue the turn's first frame and hand the turn over: the loop reads
+        :attr:`turn` once it has this frame (to cancel it)."""
+        self.turn = turn
+        return self.put(frame)
+
+    def put_refusal(self, frame: dict[str, Any], error: Exception) -> None:
+        """End a turn refused before it started: ``frame`` is final, :attr:`refused`
+        says why."""
+        self.refused = error
+        self.put(frame, final=True)
+
+    def put_delta(self, text: str) -> bool:
+        """Queue a delta's text, merged with the deltas the loop has not taken yet.
+
+        Returns:
+            False when it was dropped: the client is gone or was given up.
+        """
+        size = _size(text)
+        with self._cond:
+            if not self._room(size):
+                return False
+            tail = self._items[-1] if self._items else None
+            if not isinstance(tail, _Deltas):
+                tail = _Deltas()
+                self._items.append(tail)
+            tail.parts.append(text)
+            tail.size += size
+            return self._queued(size)
 
     def put_final(self, frame: dict[str, Any]) -> None:
         """Queue the frame that ends the turn."""
@@ -93,7 +140,34 @@ class FrameRelay:
 
     def finish(self) -> None:
         """Say that no frame follows (always call it, last)."""
-        self._call_soon(self._queue.put_nowait, None)
+        with self._cond:
+            self._items.append(None)
+            self._wake_loop()
+
+    def _room(self, size: int) -> bool:
+        # With the condition held: wait while full; False once closed or given up.
+        deadline = time.monotonic() + self.stall_seconds
+        while not self._closed and self._buffered and self._buffered + size > self.max_bytes:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                self._give_up()
+                break
+            if self._cond.wait(remaining):  # progress: the client took a frame
+                deadline = time.monotonic() + self.stall_seconds
+        return not self._closed
+
+    def _queued(self, size: int) -> bool:
+        # With the condition held, after an item grew by ``size`` bytes.
+        self._buffered += size
+        self.peak_bytes = max(self.peak_bytes, self._buffered)
+        return self._wake_loop()
+
+    def _wake_loop(self) -> bool:
+        # With the condition held: one wake-up per batch the loop has not taken.
+        if self._scheduled:
+            return True
+        self._scheduled = True
+        return self._call_soon(self._ready.set)
 
     def _give_up(self) -> None:
         # Called with the condition held.
@@ -106,7 +180,8 @@ class FrameRelay:
         try:
             self._loop.call_soon_threadsafe(callback, *args)
         except RuntimeError:  # the event loop has closed (server shutdown)
-            self.close()
+            self._closed = True
+            self._cond.notify_all()
             return False
         return True
 
@@ -128,14 +203,30 @@ class FrameRelay:
         A frame's bytes are released when the caller asks for the next one, that is
         after it has sent the frame.
         """
-        while (item := await self._queue.get()) is not None:
-            text, size, final = item
-            if self._closed:
-                continue
-            yield text, final
+        while True:
+            await self._ready.wait()
+            self._ready.clear()
             with self._cond:
-                self._buffered -= size
-                self._cond.notify_all()
+                batch = list(self._items)
+                self._items.clear()
+                self._scheduled = False
+            for item in batch:
+                if item is None:
+                    return
+                if isinstance(item, _Deltas):
+                    text = json.dumps({"type": "chat.delta", "text": "".join(item.parts)})
+                    size, final = item.size, False
+                else:
+                    text, size, final = item
+                if not self._closed:
+                    yield text, final
+                with self._cond:
+                    self._buffered -= size
+                    self._cond.notify_all()
+
+
+def _size(text: str) -> int:
+    return len(text) if text.isascii() else len(text.encode("utf-8"))
 
 
 def relay_events(
@@ -145,7 +236,8 @@ def relay_events(
     *,
     error_frame: dict[str, Any],
 ) -> None:
-    """Put the frame of each event of ``events`` into ``relay`` (in a worker thread).
+    """Put the frame of each event of ``events`` into ``relay`` (in a worker thread);
+    deltas go in as text, merged while the loop has not taken them (``chat.delta``).
 
     A client that is gone only stops the frames: the turn is read to its end, so the
     reply is finished and saved. If reading the turn fails, ``error_frame`` ends the
@@ -155,6 +247,13 @@ def relay_events(
     try:
         with events:
             for event in events:
+                if isinstance(event, Delta):
+                    if not relay.closed:
+                        relay.put_delta(event.text)
+                    continue
+                if isinstance(event, Started):
+                    relay.put_started(to_frame(event), events)
+                    continue
                 final = isinstance(event, Finished)
                 if not relay.closed:
                     relay.put(to_frame(event), final=final)

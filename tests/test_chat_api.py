@@ -44,6 +44,22 @@ def test_rate_limited_is_429_with_retry_after(api, settings, user):
     assert response.json()["code"] == "rate_limited"
 
 
+def test_overloaded_is_503_with_retry_after_and_saves_nothing(api, settings, user):
+    from mpai.chat.capacity import stream_slots
+
+    settings.MPAI = {**settings.MPAI, "STREAM_WORKERS": 1, "STREAM_QUEUE": 0}
+    held = stream_slots().acquire()  # another member's stream holds the only slot
+    try:
+        response = api.post(URL, {"content": "Can I pause?"}, format="json")
+    finally:
+        held.release()
+    assert response.status_code == 503
+    assert int(response["Retry-After"]) >= 1
+    assert response.json()["code"] == "overloaded"
+    assert not Message.objects.filter(owner=user).exists()
+    assert api.post(URL, {"content": "Can I pause?"}, format="json").status_code == 201
+
+
 @pytest.mark.parametrize(
     ("payload", "status", "code"),
     [

@@ -1,4 +1,5 @@
-"""One user's streams never hold up another user's new turn (head-of-line blocking)."""
+"""One user's streams never hold up another user's new turn (head-of-line blocking), and
+past its stream slots a process says so at once instead of queueing turns for seconds."""
 
 from __future__ import annotations
 
@@ -21,22 +22,62 @@ async def open_socket(user) -> WebsocketCommunicator:
     return communicator
 
 
-async def test_a_new_turn_starts_while_every_stream_thread_is_busy(settings, make_user):
+def long_reply(settings, **mpai) -> None:
     settings.MPAI = {
         **settings.MPAI,
-        "STREAM_WORKERS": 1,
+        **mpai,
         "PROVIDER": {
             "BACKEND": "mpai.providers.offline.OfflineProvider",
-            # About 6 s of reply: it holds the only stream thread for the whole test.
+            # About 6 s of reply: it holds its stream thread for the whole test.
             "OPTIONS": {"first_token_ms": 0, "tokens_per_second": 20, "reply": "word " * 120},
         },
     }
+
+
+async def drain(*sockets: WebsocketCommunicator) -> None:
+    for socket in sockets:
+        while (await socket.receive_json_from(timeout=20))["type"] not in (
+            "chat.completed",
+            "chat.error",
+        ):
+            pass
+        await socket.disconnect()
+
+
+async def test_past_its_stream_slots_a_turn_is_refused_overloaded_with_nothing_saved(
+    settings, make_user
+):
+    long_reply(settings, STREAM_WORKERS=1, STREAM_QUEUE=4, STREAM_QUEUE_SECONDS=0.2)
+    first_user, second_user = await database_sync_to_async(lambda: (make_user(), make_user()))()
+    first = await open_socket(first_user)
+    await first.send_json_to({"type": "chat.message", "conversation": None, "content": "long"})
+    assert (await first.receive_json_from(timeout=10))["type"] == "chat.started"
+
+    second = await open_socket(second_user)
+    await second.send_json_to({"type": "chat.message", "conversation": None, "content": "hi"})
+    frame = await second.receive_json_from(timeout=10)
+    assert frame["type"] == "chat.error"
+    assert frame["code"] == "overloaded"
+    assert frame["retry_after"] >= 1
+    assert not await Message.objects.filter(owner=second_user).aexists()
+
+    # The slot comes back when the first reply is saved; then the second user is served.
+    await first.send_json_to({"type": "chat.cancel"})
+    await drain(first)
+    await second.send_json_to({"type": "chat.message", "conversation": None, "content": "hi"})
+    assert (await second.receive_json_from(timeout=10))["type"] == "chat.started"
+    await second.send_json_to({"type": "chat.cancel"})
+    await drain(second)
+
+
+async def test_a_new_turn_starts_while_another_user_streams(settings, make_user):
+    long_reply(settings, STREAM_WORKERS=2)
     first_user, second_user = await database_sync_to_async(lambda: (make_user(), make_user()))()
     first = await open_socket(first_user)
     await first.send_json_to({"type": "chat.message", "conversation": None, "content": "long"})
     started = await first.receive_json_from(timeout=10)
     assert started["type"] == "chat.started"
-    await first.receive_json_from(timeout=10)  # a delta: the stream thread is taken
+    await first.receive_json_from(timeout=10)  # a delta: one stream thread is taken
 
     second = await open_socket(second_user)
     await second.send_json_to({"type": "chat.message", "conversation": None, "content": "hi"})
@@ -48,10 +89,5 @@ async def test_a_new_turn_starts_while_every_stream_thread_is_busy(settings, mak
     )
     assert status == "streaming"
     await first.send_json_to({"type": "chat.cancel"})
-    for socket in (first, second):
-        while (await socket.receive_json_from(timeout=20))["type"] not in (
-            "chat.completed",
-            "chat.error",
-        ):
-            pass
-        await socket.disconnect()
+    await second.send_json_to({"type": "chat.cancel"})
+    await drain(first, second)

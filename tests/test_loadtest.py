@@ -5,14 +5,20 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import re
+import subprocess
+import sys
 
 import pytest
+from django.contrib.auth import get_user_model
 from django.contrib.sessions.models import Session
 from django.core.management import CommandError, call_command
 
 from mpai import loadtest
 from mpai.models import Message
+from tests.asgi_server import AsgiServer, server_env
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -32,10 +38,15 @@ def test_all_turns_succeed_and_the_report_has_percentiles(e2e_server, fake_opena
     out = buf.getvalue()
     assert "turns: 6 ok, 0 failed (of 6)" in out, out
     assert "errors: none" in out
-    assert (
-        f"replies: {6 * len(PARTS)} deltas, {6 * len(''.join(PARTS))} characters, "
-        "0 from the response cache"
-    ) in out
+    # The relay merges the deltas a slow loop has not sent yet: 1 to 5 frames a turn.
+    replies = re.search(
+        rf"^replies: (\d+) deltas, {6 * len(''.join(PARTS))} characters, "
+        "0 from the response cache$",
+        out,
+        re.M,
+    )
+    assert replies, out
+    assert 6 <= int(replies[1]) <= 6 * len(PARTS)
     for row in ("connect", "started", "first token", "total"):
         match = re.search(rf"^{row}\s+(\d+)(\s+[\d.]+){{4}}$", out, re.M)
         assert match, (row, out)
@@ -116,3 +127,267 @@ def test_corpus_prompts_skip_hh_rlhf_and_unacceptable_texts(tmp_path):
 def test_origin_follows_the_url_scheme():
     assert loadtest.origin_for("ws://127.0.0.1:8000/ws/mpai/chat/") == "http://127.0.0.1:8000"
     assert loadtest.origin_for("wss://example.com/ws/mpai/chat/") == "https://example.com"
+
+
+# --- a turn's own cost and the server's memory -----------------------------------------
+
+
+def _row(out: str, label: str) -> list[float]:
+    """The n, median, p95, p99 and max of a latency row (ms)."""
+    match = re.search(rf"^{label}\s+(\d+)((?:\s+-?[\d.]+){{4}})$", out, re.M)
+    assert match, (label, out)
+    return [float(match[1]), *map(float, match[2].split())]
+
+
+def _number(out: str, pattern: str) -> float:
+    match = re.search(pattern, out, re.M)
+    assert match, (pattern, out)
+    return float(match[1])
+
+
+def test_added_first_token_subtracts_the_providers_time_and_skips_cached_turns():
+    turns = [
+        loadtest.TurnTiming(1, 1, first_token_ms=350.0),
+        loadtest.TurnTiming(1, 2, first_token_ms=310.5),
+        loadtest.TurnTiming(2, 1, first_token_ms=5.0, cached=True),  # no provider call
+        loadtest.TurnTiming(2, 2),  # no delta at all
+        loadtest.TurnTiming(3, 1, first_token_ms=290.0),  # the provider was early
+    ]
+    assert loadtest.added_first_token_ms(turns, 300) == [-10.0, 10.5, 50.0]
+
+
+def test_memory_per_item_is_in_kib_and_missing_without_items():
+    assert loadtest.per_item_kib(10 * 1024, 5) == 2.0
+    assert loadtest.per_item_kib(-2048, 2) == -1.0  # the server gave memory back
+    assert loadtest.per_item_kib(None, 5) is None
+    assert loadtest.per_item_kib(4096, 0) is None
+
+
+def test_server_usage_per_turn_and_per_socket_figures():
+    mib = 1024 * 1024
+    usage = loadtest.ServerUsage(
+        pid=42,
+        cpu_run_s=2.5,
+        cpu_turns_s=1.2,
+        rss_before=100 * mib,
+        rss_idle=101 * mib,
+        rss_peak_streaming=111 * mib,
+        rss_after=102 * mib,
+        sockets=64,
+        peak_streams=20,
+        samples=9,
+    )
+    assert usage.cpu_per_turn_ms(60) == pytest.approx(20.0)
+    assert usage.cpu_per_turn_ms(0) is None
+    assert usage.idle_websocket_kib == 16.0  # 1 MiB over 64 websockets
+    assert usage.open_stream_kib == 512.0  # 10 MiB over 20 streams
+    assert usage.lines(60) == [
+        "server pid 42: CPU 2.500 s during the run (user+system, children excluded), "
+        "1.200 s during the turns, 20.0 ms per ok turn",
+        "server RSS (MiB): 100.0 before, 101.0 idle (64 websockets), 111.0 peak streaming "
+        "(9 samples), 102.0 after",
+        "memory per idle websocket: 16.0 KiB; per open stream: 512.0 KiB (peak 20 streams)",
+    ]
+    gone = loadtest.ServerUsage(pid=7, rss_before=mib, error="cannot read the process: gone")
+    lines = gone.lines(3)
+    assert "CPU - s during the run" in lines[0]
+    assert "- ms per ok turn" in lines[0]
+    assert "1.0 before, - idle" in lines[1]
+    assert lines[2].startswith("memory per idle websocket: - KiB; per open stream: - KiB")
+    assert lines[3] == "  server: cannot read the process: gone"
+
+
+def test_the_report_adds_added_first_token_overloaded_idle_and_server_lines():
+    config = loadtest.LoadTestConfig(
+        url="ws://x/ws/mpai/chat/",
+        users=2,
+        messages=2,
+        prompts=["hi"],
+        idle=3,
+        provider_first_token_ms=100,
+    )
+    report = loadtest.LoadTestReport(
+        config,
+        turns=[
+            loadtest.TurnTiming(
+                1, 1, ok=True, code="complete", started_ms=5, first_token_ms=130, total_ms=400
+            ),
+            loadtest.TurnTiming(
+                1, 2, ok=True, code="complete", started_ms=6, first_token_ms=160, total_ms=420
+            ),
+            loadtest.TurnTiming(2, 1, code=loadtest.OVERLOADED, total_ms=12.5),
+            loadtest.TurnTiming(2, 2, code=loadtest.OVERLOADED, total_ms=7.25),
+        ],
+        connect_ms=[3.0, 4.0],
+        wall_s=1.0,
+        idle_connected=2,
+        idle_open_at_end=1,
+        peak_streams=2,
+        server=loadtest.ServerUsage(pid=9, cpu_turns_s=0.1, sockets=4, peak_streams=2),
+    )
+    report.idle_handshake_errors["InvalidStatus: HTTP 403"] = 1
+    out = report.format()
+    assert "errors: overloaded 2" in out
+    assert _row(out, "added first token") == [2, 45.0, 60.0, 60.0, 60.0]
+    assert _row(out, "first token") == [2, 145.0, 160.0, 160.0, 160.0]
+    assert _row(out, "overloaded") == [2, 9.9, 12.5, 12.5, 12.5]  # 9.875, printed .1f
+    assert "idle websockets: 2 of 3 connected, 1 still open at the end" in out
+    assert "  idle handshake: InvalidStatus: HTTP 403 (1 websockets)" in out
+    assert "concurrent streams: peak 2" in out
+    assert "0.100 s during the turns, 50.0 ms per ok turn" in out
+    # Without the options, the rows and lines are not there.
+    plain = loadtest.LoadTestReport(
+        loadtest.LoadTestConfig(url="ws://x/", users=1, messages=1, prompts=["hi"]),
+        turns=[loadtest.TurnTiming(1, 1, ok=True, code="complete", total_ms=1.0)],
+    ).format()
+    for absent in ("added first token", "overloaded", "idle websockets", "server"):
+        assert absent not in plain, absent
+
+
+def test_the_monitor_reads_a_process_and_samples_while_streams_are_open():
+    monitor = loadtest.ServerMonitor(os.getpid())
+    rss, cpu = monitor.rss(), monitor.cpu_s()
+    assert rss is not None
+    assert rss > 1024 * 1024
+    assert cpu is not None
+    assert cpu > 0
+    streams = loadtest.OpenStreams()
+    streams.opened()
+    streams.opened()
+    streams.closed()
+    assert (streams.open, streams.peak) == (1, 2)
+    monitor.start_sampling(streams, 0.01)
+    try:
+        wait_until(lambda: monitor.usage.samples >= 2, what="RSS sampled while a stream is open")
+    finally:
+        monitor.stop_sampling()
+    assert monitor.usage.rss_peak_streaming is not None
+    assert monitor.usage.rss_peak_streaming > 1024 * 1024
+    assert monitor.usage.error is None
+
+
+def test_a_server_pid_that_is_not_running_is_refused():
+    process = subprocess.Popen([sys.executable, "-c", "pass"])
+    process.wait()
+    with pytest.raises(ValueError, match=f"server process {process.pid}"):
+        loadtest.ServerMonitor(process.pid)
+    with pytest.raises(CommandError, match=f"server process {process.pid}"):
+        call_command("mpai_loadtest", "--server-pid", str(process.pid), stdout=io.StringIO())
+
+
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        (["--idle", "-1"], "--idle must not be negative"),
+        (["--provider-first-token-ms", "-5"], "--provider-first-token-ms must not be negative"),
+    ],
+)
+def test_bad_new_options_are_refused(option, message):
+    with pytest.raises(CommandError, match=message):
+        call_command("mpai_loadtest", *option, stdout=io.StringIO())
+
+
+def test_without_psutil_the_command_names_the_loadtest_extra(monkeypatch):
+    import mpai
+
+    monkeypatch.delitem(sys.modules, "mpai.loadtest", raising=False)
+    monkeypatch.delattr(mpai, "loadtest", raising=False)
+    monkeypatch.setitem(sys.modules, "psutil", None)
+    with pytest.raises(CommandError, match=re.escape('pip install "mpai[loadtest]"')):
+        call_command("mpai_loadtest", "--users", "1", "--messages", "1")
+
+
+@pytest.mark.slow
+def test_a_turns_own_cost_and_the_servers_memory_against_a_real_server(e2e_server, fake_openai):
+    # The fake provider waits delay_s before each part, so its own first token takes
+    # 50 ms and a turn streams for 5 x 50 ms: long enough for RSS samples every 50 ms.
+    fake_openai.stream_reply(PARTS, delay_s=0.05)
+    assert e2e_server.process is not None
+    buf = io.StringIO()
+    call_command(
+        "mpai_loadtest",
+        url=e2e_server.ws_url,
+        users=3,
+        messages=2,
+        idle=4,
+        provider_first_token_ms=50,
+        server_pid=e2e_server.process.pid,
+        no_cache=True,
+        stdout=buf,
+    )
+    out = buf.getvalue()
+    assert "turns: 6 ok, 0 failed (of 6)" in out, out
+    # Added first token: each turn's first token minus the provider's 50 ms.
+    added, first = _row(out, "added first token"), _row(out, "first token")
+    assert added[0] == first[0] == 6
+    for mine, theirs in zip(added[1:], first[1:], strict=True):
+        assert mine == pytest.approx(theirs - 50, abs=0.11)  # both rounded to 0.1 ms
+    assert added[1] >= -1  # the provider's 50 ms are inside the client's time
+    # The idle websockets connected, stayed open and count in the idle memory.
+    assert "idle websockets: 4 of 4 connected, 4 still open at the end" in out
+    peak = int(_number(out, r"^concurrent streams: peak (\d+)$"))
+    assert 1 <= peak <= 3
+    pid = e2e_server.process.pid
+    assert _number(out, rf"^server pid {pid}: CPU ([\d.]+) s during the run") > 0
+    assert _number(out, r"([\d.]+) ms per ok turn$") > 0
+    rss = re.search(
+        r"^server RSS \(MiB\): ([\d.]+) before, ([\d.]+) idle \(7 websockets\), ([\d.]+) peak "
+        r"streaming \((\d+) samples\), ([\d.]+) after$",
+        out,
+        re.M,
+    )
+    assert rss, out
+    assert all(float(value) > 0 for value in rss.groups())
+    assert int(rss[4]) >= 1
+    assert re.search(
+        rf"^memory per idle websocket: -?[\d.]+ KiB; per open stream: -?[\d.]+ KiB "
+        rf"\(peak {peak} streams\)$",
+        out,
+        re.M,
+    ), out
+    assert "server: " not in out  # the process could be read throughout
+    assert set(Message.objects.filter(role="user").values_list("owner__username", flat=True)) == {
+        "mpai-load-1",
+        "mpai-load-2",
+        "mpai-load-3",
+    }  # the idle users sent nothing
+    assert get_user_model().objects.filter(username="mpai-load-7").exists()
+    assert not Session.objects.exists()
+
+
+@pytest.fixture
+def one_stream_server(django_db_setup, redis_server, fake_openai_url, fake_openai):
+    """The demo server with one stream slot and no queue: a second turn is overloaded."""
+    server = AsgiServer(
+        {
+            **server_env(redis_server.url, fake_openai_url),
+            "DJANGO_SETTINGS_MODULE": "tests.e2e_settings",
+            "MPAI_TEST_SETTINGS": json.dumps({"STREAM_WORKERS": 1, "STREAM_QUEUE": 0}),
+        }
+    )
+    server.start()
+    yield server
+    fake_openai.reset()  # ends the stream that holds the slot, so the server can stop
+    server.stop()
+
+
+@pytest.mark.slow
+def test_overloaded_turns_get_their_own_latency_row(one_stream_server, fake_openai):
+    # The turn that gets the only slot never sees a token before the client's timeout,
+    # so the other two find no slot whenever they come.
+    fake_openai.stream_reply(PARTS, delay_s=60)
+    buf = io.StringIO()
+    call_command(
+        "mpai_loadtest",
+        url=one_stream_server.ws_url,
+        users=3,
+        messages=1,
+        timeout=3,
+        no_cache=True,
+        stdout=buf,
+    )
+    out = buf.getvalue()
+    assert f"errors: {loadtest.CLIENT_TIMEOUT} 1, overloaded 2" in out, out
+    n, median, *_ = _row(out, "overloaded")
+    assert n == 2
+    assert median >= 0

@@ -219,10 +219,9 @@ def test_a_signed_in_user_chats_from_the_exact_site_origin_or_a_trusted_one(
     fake_openai.stream_reply(["Hello ", "there."])
     origin = origin_server.http_url if which == "site" else TRUSTED
     frames = chat_from(origin_server, session_cookie, origin)
-    assert [frame["type"] for frame in frames] == [
-        "chat.started",
-        "chat.delta",
-        "chat.delta",
-        "chat.completed",
-    ]
+    kinds = [frame["type"] for frame in frames]
+    # Deltas not sent yet may leave merged: one or two frames, exactly the reply's text.
+    assert kinds[0] == "chat.started"
+    assert kinds[-1] == "chat.completed"
+    assert set(kinds[1:-1]) == {"chat.delta"}
     assert "".join(frame["text"] for frame in frames[1:-1]) == "Hello there."

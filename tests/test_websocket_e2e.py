@@ -67,7 +67,10 @@ def test_reply_streams_in_order_is_saved_and_listed_by_the_api(
         send(ws, type="chat.message", conversation=None, content="When does it renew?")
         started, deltas, final = turn(ws)
     assert started["type"] == "chat.started"
-    assert deltas == PARTS
+    # Deltas the server had not sent yet may leave merged: the text is exactly the reply.
+    assert "".join(deltas) == "".join(PARTS)
+    assert all(deltas)
+    assert 1 <= len(deltas) <= len(PARTS)
     assert final["type"] == "chat.completed"
     assert final["status"] == "complete"
     assert final["finish_reason"] == "stop"
@@ -210,7 +213,8 @@ def test_a_refusal_is_streamed_saved_and_flagged_on_the_final_frame(
     with open_ws(e2e_server, session_cookie) as ws:
         send(ws, type="chat.message", conversation=None, content="Something I may not ask")
         started, deltas, final = turn(ws)
-    assert deltas == parts
+    assert "".join(deltas) == "".join(parts)
+    assert all(deltas)
     assert final["type"] == "chat.completed"
     assert final["refusal"] is True
     saved = Message.objects.get(pk=started["message"])

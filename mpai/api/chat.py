@@ -5,7 +5,8 @@ Errors use the websocket's codes, ``{"code", "detail", "retry_after"?, "message"
 with each error's own HTTP status (``MpaiError.status_code``): 400 (invalid_message,
 message_too_long, invalid_json), 401 (not signed in), 404 (conversation_not_found),
 413 (a body over ``MAX_FRAME_BYTES``), 429 with a ``Retry-After`` header (rate_limited),
-500 (internal_error), 502 (provider errors), 504 (provider_timeout).
+500 (internal_error), 502 (provider errors), 503 with ``Retry-After`` (overloaded: no
+stream slot came free, :mod:`mpai.chat.capacity`), 504 (provider_timeout).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from rest_framework.views import APIView
 
 from mpai.api.auth import AuthenticateHeaderMixin
 from mpai.api.parsers import BoundedJSONParser
+from mpai.chat.capacity import stream_slots
 from mpai.chat.pipeline import ChatPipeline
 from mpai.exceptions import MpaiError
 from mpai.frames import completed_fields
@@ -56,14 +58,19 @@ class ChatView(AuthenticateHeaderMixin, APIView):
         data = params.validated_data
         pipeline = self.pipeline_class()
         try:
-            result = pipeline.complete(
-                user=request.user,
-                content=data["content"],
-                conversation_id=data["conversation"],
-                client_id=data["client_id"],
-                page=data["page"],
-                use_cache=data["cache"],
-            )
+            slot = stream_slots().acquire()
+        except MpaiError as exc:
+            return error_response(exc)
+        try:
+            with slot:
+                result = pipeline.complete(
+                    user=request.user,
+                    content=data["content"],
+                    conversation_id=data["conversation"],
+                    client_id=data["client_id"],
+                    page=data["page"],
+                    use_cache=data["cache"],
+                )
         except MpaiError as exc:
             return error_response(exc)
         if result.error is not None:

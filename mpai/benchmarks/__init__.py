@@ -10,9 +10,15 @@ module: the command lists the modules it finds here as its choices.
 from __future__ import annotations
 
 import importlib
+import os
 import pkgutil
 from types import ModuleType
 from typing import Protocol
+
+from django.conf import settings
+
+#: Redis of the suites when neither the option, the setting nor the environment names one.
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 
 
 class Writer(Protocol):
@@ -40,3 +46,14 @@ def load_suite(name: str) -> ModuleType:
     if not callable(getattr(module, "run", None)):
         raise LookupError(f"Benchmark suite {name!r} has no run(stdout, options).")
     return module
+
+
+def default_redis_url() -> str:
+    """``settings.REDIS_URL``, else ``$REDIS_URL``, else the local server; database 0
+    when the URL names none."""
+    url = getattr(settings, "REDIS_URL", None) or os.environ.get("REDIS_URL") or ""
+    url = url or DEFAULT_REDIS_URL
+    scheme, _, rest = url.partition("://")
+    if "/" not in rest.rstrip("/"):
+        url = f"{scheme}://{rest.rstrip('/')}/0"
+    return url

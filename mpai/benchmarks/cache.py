@@ -33,16 +33,14 @@ import uuid
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from django.conf import settings
 from django.core.cache.backends.db import DatabaseCache
 from django.core.cache.backends.locmem import LocMemCache
 from django.core.management import call_command
 from django.db import DEFAULT_DB_ALIAS, connections
 
-from mpai.benchmarks import Writer
+from mpai.benchmarks import Writer, default_redis_url
 from mpai.benchmarks._stats import percentile
 
-DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 DEFAULT_ITERATIONS = 2000
 WARMUP = 50
 #: A user-context-like value (about 300 bytes pickled).
@@ -54,17 +52,6 @@ VALUE = {
 }
 REDIS_OPTIONS = {"SOCKET_CONNECT_TIMEOUT": 0.25, "SOCKET_TIMEOUT": 0.25}
 DB_OPTIONS = {"MAX_ENTRIES": 1_000_000}  # no culling during the run (both sides alike)
-
-
-def default_redis_url() -> str:
-    """``settings.REDIS_URL``, else ``$REDIS_URL``, else the local server; database 0
-    when the URL names none."""
-    url = getattr(settings, "REDIS_URL", None) or os.environ.get("REDIS_URL") or ""
-    url = url or DEFAULT_REDIS_URL
-    scheme, _, rest = url.partition("://")
-    if "/" not in rest.rstrip("/"):
-        url = f"{scheme}://{rest.rstrip('/')}/0"
-    return url
 
 
 def _timed(call: Callable[[int], object], argument: int) -> float:

@@ -24,11 +24,10 @@ from typing import Any
 
 from redis import Redis
 
-from mpai.benchmarks import Writer
+from mpai.benchmarks import Writer, default_redis_url
 from mpai.benchmarks._stats import percentile
 from mpai.chat.ratelimit.redis_bucket import RedisTokenBucket
 
-DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 DEFAULT_ITERATIONS = 5000
 WARMUP = 50
 
@@ -44,8 +43,8 @@ def run(stdout: Writer, options: Mapping[str, Any]) -> None:
 
     Args:
         stdout: where the table goes (a management command's ``self.stdout`` or a file).
-        options: ``redis_url`` (str or None: ``redis://127.0.0.1:6379/0``, the shared
-            server, touched only under a unique key prefix) and ``iterations`` (int,
+        options: ``redis_url`` (str or None: :func:`mpai.benchmarks.default_redis_url`,
+            touched only under a unique key prefix) and ``iterations`` (int,
             default 5000) per measured operation.
 
     Raises:
@@ -53,7 +52,7 @@ def run(stdout: Writer, options: Mapping[str, Any]) -> None:
             fail open, unlike the limiter).
         ValueError: ``iterations`` < 1.
     """
-    url = options.get("redis_url") or DEFAULT_REDIS_URL
+    url = options.get("redis_url") or default_redis_url()
     iterations = int(options.get("iterations") or DEFAULT_ITERATIONS)
     if iterations < 1:
         raise ValueError("iterations must be at least 1")

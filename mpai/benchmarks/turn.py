@@ -8,10 +8,16 @@ conversations are created and deleted again). Measured in one run:
 - mpai's turn: time from the call to the first event (``Started``: validated and
   saved) and to the first delta, and cost per delta (µs, the time between consecutive
   deltas, provider included);
-- the same turn relayed as the websocket relays it (a worker thread, the frame relay,
-  the consumer's ``send`` on an event loop): cost per delta (µs);
-- the floor of a websocket relay: one ``AsyncJsonWebsocketConsumer.send_json`` of a
-  delta frame into a no-op ``send`` (µs).
+- the provider's deltas relayed as the websocket relays them (a worker thread, the
+  frame relay, which merges deltas the loop has not sent yet, the consumer's ``send``
+  on an event loop), against the floor consumer, a bare Channels consumer handing
+  each chunk to the loop and ``send_json``-ing it: µs per delta, start to last frame;
+- one ``AsyncJsonWebsocketConsumer.send_json`` of a delta frame into a no-op ``send``
+  (µs);
+- CPU per turn (ms of this process's CPU, ``time.process_time``): mpai's relayed turn
+  against the floor consumer, which streams the same provider's deltas from a worker
+  thread to ``send_json`` on the loop with nothing else (no database, no cache), and
+  the database statements of one turn.
 
 Run with ``python manage.py mpai_benchmark turn [--iterations N]`` (turns, default 50).
 """
@@ -72,24 +78,30 @@ def _turn(pipeline: ChatPipeline, user: Any) -> tuple[float, float, list[float]]
     return (first_event - start) / 1000, (stamps[0] - start) / 1000, _gaps(stamps)
 
 
-def _relayed_turn(pipeline: ChatPipeline, user: Any) -> list[float]:
-    """Return µs per delta of one turn relayed as the websocket does it: the turn in a
-    worker thread, frames through :class:`mpai.relay.FrameRelay` to a consumer's
-    ``send`` on the event loop (into a no-op ``send``)."""
+def _null_consumer() -> Any:
     from channels.generic.websocket import AsyncJsonWebsocketConsumer
 
+    consumer = AsyncJsonWebsocketConsumer()
+
+    async def nothing(message: Any) -> None:
+        return None
+
+    consumer.base_send = nothing
+    return consumer
+
+
+def _relayed_turn(pipeline: ChatPipeline, user: Any) -> int:
+    """Relay one turn as the websocket does: the turn in a worker thread, frames through
+    :class:`mpai.relay.FrameRelay` to a consumer's ``send`` on the event loop (into a
+    no-op ``send``); return the delta frames sent (the relay merges deltas the loop
+    has not taken yet, so they may be fewer than the deltas)."""
     from mpai.exceptions import MpaiError
     from mpai.frames import error_frame, frame_for
     from mpai.relay import FrameRelay, relay_events
 
-    async def relay_one() -> list[float]:
+    async def relay_one() -> int:
         loop = asyncio.get_running_loop()
-        consumer = AsyncJsonWebsocketConsumer()
-
-        async def nothing(message: Any) -> None:
-            return None
-
-        consumer.base_send = nothing
+        consumer = _null_consumer()
         relay = FrameRelay(loop, max_bytes=256 * 1024, stall_seconds=15)
 
         def work() -> None:
@@ -104,14 +116,75 @@ def _relayed_turn(pipeline: ChatPipeline, user: Any) -> list[float]:
                 connection.close()  # back to the pool: this thread ends with the loop
 
         worker = loop.run_in_executor(None, work)
-        stamps = []
+        frames = 0
         async for text, _final in relay.frames():
             await consumer.send(text_data=text)
-            stamps.append(time.perf_counter_ns())
+            frames += 1
         await worker
-        return _gaps(stamps[1:-1])
+        return frames - 2  # chat.started and the final frame
 
     return asyncio.run(relay_one())
+
+
+def _stream_to_consumer(provider: OfflineProvider, *, relayed: bool) -> float:
+    """Stream the provider's deltas from a worker thread to ``send`` on the loop; return
+    µs per delta (from the start to the last frame sent, over the deltas).
+
+    ``relayed``: through :class:`mpai.relay.FrameRelay` as mpai does; else the floor, a
+    bare Channels consumer (each chunk handed to the loop, then ``send_json``).
+    """
+    from mpai.relay import FrameRelay
+
+    request = ChatRequest(model="offline-1", messages=[{"role": "user", "content": "hi"}])
+
+    async def stream_one() -> float:
+        loop = asyncio.get_running_loop()
+        consumer = _null_consumer()
+        start = time.perf_counter_ns()
+        if relayed:
+            relay = FrameRelay(loop, max_bytes=256 * 1024, stall_seconds=15)
+
+            def work() -> None:
+                for chunk in provider.open_stream(request):
+                    if chunk.text:
+                        relay.put_delta(chunk.text)
+                relay.finish()
+
+            worker = loop.run_in_executor(None, work)
+            async for frame, _final in relay.frames():
+                await consumer.send(text_data=frame)
+        else:
+            queue: asyncio.Queue[str | None] = asyncio.Queue()
+
+            def work() -> None:
+                for chunk in provider.open_stream(request):
+                    if chunk.text:
+                        loop.call_soon_threadsafe(queue.put_nowait, chunk.text)
+                loop.call_soon_threadsafe(queue.put_nowait, None)
+
+            worker = loop.run_in_executor(None, work)
+            while (text := await queue.get()) is not None:
+                await consumer.send_json({"type": "chat.delta", "text": text})
+        elapsed = time.perf_counter_ns() - start
+        await worker
+        return elapsed / 1000 / DELTAS
+
+    return asyncio.run(stream_one())
+
+
+def _cpu_ms_per_turn(turn: Any, turns: int) -> float:
+    start = time.process_time()
+    for _ in range(turns):
+        turn()
+    return (time.process_time() - start) * 1000 / turns
+
+
+def _statements_per_turn(pipeline: ChatPipeline, user: Any) -> int:
+    from django.test.utils import CaptureQueriesContext
+
+    with CaptureQueriesContext(connection) as queries:
+        _turn(pipeline, user)
+    return len(queries)
 
 
 def _send_json_floor(iterations: int) -> list[float]:
@@ -151,6 +224,8 @@ def run(stdout: Writer, options: Mapping[str, Any]) -> None:
                 _provider_alone(provider)
             alone_first, alone_gaps, turn_first, turn_delta, turn_gaps = [], [], [], [], []
             relayed: list[float] = []
+            delta_frames: list[int] = []
+            floor_stream: list[float] = []
             for _ in range(iterations):
                 first, gaps = _provider_alone(provider)
                 alone_first.append(first)
@@ -159,7 +234,15 @@ def run(stdout: Writer, options: Mapping[str, Any]) -> None:
                 turn_first.append(event)
                 turn_delta.append(delta)
                 turn_gaps += gaps
-                relayed += _relayed_turn(pipeline, user)
+                delta_frames.append(_relayed_turn(pipeline, user))
+                relayed.append(_stream_to_consumer(provider, relayed=True))
+                floor_stream.append(_stream_to_consumer(provider, relayed=False))
+            cpu_turns = max(iterations // 2, 5)
+            floor_cpu = _cpu_ms_per_turn(
+                lambda: _stream_to_consumer(provider, relayed=False), cpu_turns
+            )
+            mpai_cpu = _cpu_ms_per_turn(lambda: _relayed_turn(pipeline, user), cpu_turns)
+            statements = _statements_per_turn(pipeline, user)
     finally:
         user.delete()
     floor = _send_json_floor(iterations * DELTAS)
@@ -169,7 +252,8 @@ def run(stdout: Writer, options: Mapping[str, Any]) -> None:
         ("mpai turn: first event (Started)", turn_first),
         ("mpai turn: first delta", turn_delta),
         ("mpai turn: per delta", turn_gaps),
-        ("mpai turn relayed: per delta", relayed),
+        ("relay alone: per delta", relayed),
+        ("floor consumer: per delta", floor_stream),
         ("send_json floor: per frame", floor),
     ]
     stdout.write(
@@ -190,7 +274,15 @@ def run(stdout: Writer, options: Mapping[str, Any]) -> None:
         f"{overhead / medians['send_json floor: per frame']:.2f}x a send_json\n"
     )
     stdout.write(
-        f"relayed per delta / send_json floor: "
-        f"{medians['mpai turn relayed: per delta'] / medians['send_json floor: per frame']:.2f}x"
+        f"relay per delta / floor consumer per delta: "
+        f"{medians['relay alone: per delta'] / medians['floor consumer: per delta']:.2f}x; "
+        f"/ send_json: "
+        f"{medians['relay alone: per delta'] / medians['send_json floor: per frame']:.2f}x"
         f" (p99 {percentile(sorted(relayed), 0.99):.1f} µs)\n"
+    )
+    stdout.write(
+        f"CPU per turn ({DELTAS} deltas): mpai relayed {mpai_cpu:.2f} ms, floor consumer "
+        f"{floor_cpu:.2f} ms: {mpai_cpu / floor_cpu:.2f}x; database statements per turn "
+        f"{statements}; delta frames per relayed turn (merged) median "
+        f"{sorted(delta_frames)[len(delta_frames) // 2]} of {DELTAS} deltas\n"
     )

@@ -9,7 +9,8 @@ A layered cache is configured like any Django cache::
             "KEY_PREFIX": "site",
             "OPTIONS": {
                 # Layers, fastest first. Omitted: memory, then django-redis at LOCATION
-                # (if any), then Django's DatabaseCache in the table "mpai_cache".
+                # (if any), then mpai.cache.database.DatabaseLayer (Django's
+                # DatabaseCache, one statement per set) in the table "mpai_cache".
                 "LAYERS": [
                     {"NAME": "memory", "BACKEND": "mpai.cache.memory.MemoryStore",
                      "OPTIONS": {"MAX_ENTRIES": 10000, "MAX_BYTES": 67108864,
@@ -48,6 +49,10 @@ MEMORY_BACKENDS = frozenset({"mpai.cache.memory.MemoryStore", "memory"})
 REDIS_BACKEND = "django_redis.cache.RedisCache"
 DJANGO_REDIS_BACKEND = "django.core.cache.backends.redis.RedisCache"
 DATABASE_BACKEND = "django.core.cache.backends.db.DatabaseCache"
+#: The default database layer: a ``DatabaseCache`` on the same table and rows, with a
+#: one-statement ``set`` and a periodic cull (:mod:`mpai.cache.database`). A layer
+#: configured with :data:`DATABASE_BACKEND` keeps Django's class.
+DATABASE_LAYER_BACKEND = "mpai.cache.database.DatabaseLayer"
 
 #: Table of the default database layer (create it: ``manage.py createcachetable mpai_cache``).
 DEFAULT_TABLE = "mpai_cache"
@@ -160,11 +165,14 @@ def _number(options: dict[str, Any], name: str, minimum: float = 0.0) -> float:
 
 
 def default_layers(location: Any) -> list[dict[str, Any]]:
-    """Return the default stack: memory, django-redis at ``location`` (if any), database."""
+    """Return the default stack: memory, django-redis at ``location`` (if any), then
+    :data:`DATABASE_LAYER_BACKEND` on :data:`DEFAULT_TABLE`."""
     layers: list[dict[str, Any]] = [{"NAME": "memory", "BACKEND": "mpai.cache.memory.MemoryStore"}]
     if location:
         layers.append({"NAME": "redis", "BACKEND": REDIS_BACKEND, "LOCATION": location})
-    layers.append({"NAME": "database", "BACKEND": DATABASE_BACKEND, "LOCATION": DEFAULT_TABLE})
+    layers.append(
+        {"NAME": "database", "BACKEND": DATABASE_LAYER_BACKEND, "LOCATION": DEFAULT_TABLE}
+    )
     return layers
 
 

@@ -54,8 +54,13 @@ class ConversationHistory:
     def __init__(self) -> None:
         self.memories: dict[int, ConversationMemory] = {}
 
-    def memory(self, conversation: Conversation, *, before: int) -> ConversationMemory:
+    def memory(
+        self, conversation: Conversation, *, before: int, new: bool = False
+    ) -> ConversationMemory:
         """Return the live memory of ``conversation`` with its current messages.
+
+        ``new``: the conversation was created by this turn, so it has no messages
+        before ``before``; nothing is read (no cache lookup, no query).
 
         The messages come from the cached conversation history (15 minutes, shared by
         every connection and process, so two tabs on one conversation agree); without
@@ -64,6 +69,12 @@ class ConversationHistory:
         drops the cached history; else from the database, taking only messages saved
         before ``before`` (the current user message's id).
         """
+        if new:
+            fresh = self.memories[conversation.pk] = ConversationMemory(
+                max_pairs=mpai_settings.MEMORY_MAX_PAIRS
+            )
+            fresh.synced_at = timezone.now()
+            return fresh
         memory = self.memories.get(conversation.pk)
         if memory is not None and memory.idle_for() > mpai_settings.MEMORY_IDLE_SECONDS:
             del self.memories[conversation.pk]

@@ -165,23 +165,25 @@ class ChatPipeline:
                 return earlier
         try:
             # One transaction: a client_id race leaves no empty conversation behind.
+            # Both messages in one INSERT; the conversation's updated_at moves when the
+            # reply is saved (save_reply), after the last token rather than before the first.
             with transaction.atomic():
-                conversation = self._conversation(user, conversation_id, text)
-                user_message = Message.objects.create(
+                conversation, created = self._conversation(user, conversation_id, text)
+                user_message = Message(
                     conversation=conversation,
                     owner=user,
                     role=Message.Role.USER,
                     content=text,
                     client_id=cid,
                 )
-                assistant_message = Message.objects.create(
+                assistant_message = Message(
                     conversation=conversation,
                     owner=user,
                     role=Message.Role.ASSISTANT,
                     status=Message.Status.STREAMING,
                     heartbeat_at=timezone.now(),
                 )
-                Conversation.objects.filter(pk=conversation.pk).update(updated_at=timezone.now())
+                Message.objects.bulk_create([user_message, assistant_message])
         except IntegrityError:
             # Two sends with one client_id raced: the other one won.
             earlier = replay.find_exchange(user, cid, trace) if cid is not None else None
@@ -197,17 +199,19 @@ class ChatPipeline:
             page=checked_page,
             use_cache=use_cache is not False,
             client_id=cid,
+            new_conversation=created,
         )
 
     @staticmethod
-    def _conversation(user: Any, conversation_id: object, text: str) -> Conversation:
+    def _conversation(user: Any, conversation_id: object, text: str) -> tuple[Conversation, bool]:
+        """Return (the conversation, whether it was created now)."""
         if conversation_id is None:
-            return Conversation.objects.create(owner=user, title=default_title(text))
+            return Conversation.objects.create(owner=user, title=default_title(text)), True
         # Ids are the integers we sent (or their decimal strings); anything else is unknown.
         if isinstance(conversation_id, bool) or not isinstance(conversation_id, int | str):
             raise ConversationNotFound()
         try:
-            return Conversation.objects.get(pk=int(conversation_id), owner=user)
+            return Conversation.objects.get(pk=int(conversation_id), owner=user), False
         except (ValueError, OverflowError, Conversation.DoesNotExist) as exc:
             raise ConversationNotFound() from exc
 
@@ -241,6 +245,11 @@ class ChatPipeline:
             turns.unregister(turn)
             leases.release(turn.assistant_message.pk)
         yield Finished(result)
+        for work in turn.after_finish:
+            try:
+                work()
+            except Exception:
+                logger.exception("mpai could not finish the work after a turn")
         send_robust(
             signals.request_complete,
             trace=turn.trace,
@@ -256,7 +265,9 @@ class ChatPipeline:
         trace, common = turn.trace, {"user": turn.user, "conversation": turn.conversation}
         if turn.cancelled:  # cancelled before it began: no provider request at all
             return self._finish(turn, None, None, None)
-        memory = self.history.memory(turn.conversation, before=turn.user_message.pk)
+        memory = self.history.memory(
+            turn.conversation, before=turn.user_message.pk, new=turn.new_conversation
+        )
         query = turn.user_message.content
         context = ContextBuilder().build(
             ContextRequest(turn.user, turn.conversation, query, turn.page), memory.messages
@@ -287,8 +298,11 @@ class ChatPipeline:
             result = self._finish(turn, finish_reason, usage, error)
             complete = result.status == Message.Status.COMPLETE
             if use_cache and complete and not turn.refusal:
-                response_cache.store(
-                    request, text=result.message.content, finish_reason=finish_reason, usage=usage
+                text = result.message.content
+                turn.after_finish.append(
+                    lambda: response_cache.store(
+                        request, text=text, finish_reason=finish_reason, usage=usage
+                    )
                 )
         self.history.remember(
             turn.conversation, turn.user, memory, query=query, reply=result.message.content

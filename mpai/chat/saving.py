@@ -7,10 +7,11 @@ import logging
 from typing import Any
 
 from django.db import InterfaceError, OperationalError, connection
+from django.utils import timezone
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
 from mpai.conf import mpai_settings
-from mpai.models import Message
+from mpai.models import Conversation, Message
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +46,8 @@ REPLY_FIELDS = (
 
 
 def save_reply(message: Message, *, attempts: int | None = None) -> None:
-    """Save the end of a turn, retrying on a fresh database connection.
+    """Save the end of a turn, retrying on a fresh database connection: the reply's
+    fields (:data:`REPLY_FIELDS`), then its conversation's ``updated_at``.
 
     A pooled connection may have died while the provider streamed (a database restart,
     ``pg_terminate_backend``, a failover): the reply the user saw must not be lost with
@@ -68,6 +70,10 @@ def save_reply(message: Message, *, attempts: int | None = None) -> None:
     for attempt in retrying:
         with attempt:
             message.save(update_fields=REPLY_FIELDS)
+            # The conversation's latest activity (the conversation list's order).
+            Conversation.objects.filter(pk=message.conversation_id).update(
+                updated_at=timezone.now()
+            )
 
 
 def _discard_connection(outcome: Any) -> None:

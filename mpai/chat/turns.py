@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import threading
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -80,6 +80,8 @@ class ChatTurn:
     page: dict[str, Any] | None = None
     use_cache: bool = True
     client_id: str | None = None
+    # The conversation was created by this turn: it has no history to read.
+    new_conversation: bool = False
     _cancelled: threading.Event = field(default_factory=threading.Event, repr=False)
     _stream: ChatStream | None = field(default=None, repr=False)
     # The reply's text so far, kept on the turn so an unexpected failure still saves it.
@@ -87,6 +89,8 @@ class ChatTurn:
     model: str = ""
     # The model refused (Chat Completions ``delta.refusal``): its refusal is the reply.
     refusal: bool = False
+    # Work that waits until the client has the final event (cache writes).
+    after_finish: list[Callable[[], object]] = field(default_factory=list, repr=False)
 
     def cancel(self) -> None:
         """Stop the reply (the stop button); safe to call from any thread."""

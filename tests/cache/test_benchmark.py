@@ -10,8 +10,7 @@ import redis
 from django.core.management import call_command
 from django.db import connection
 
-from mpai.benchmarks import suite_names
-from mpai.benchmarks.cache import default_redis_url
+from mpai.benchmarks import default_redis_url, suite_names
 
 pytestmark = pytest.mark.django_db
 

@@ -983,3 +983,14 @@ def test_benchmark_prints_check_and_ping_figures(redis_url, raw):
         assert ratio > 0
     assert "warning" not in text
     assert raw.keys("mpai:rl:bench:*") == []  # its buckets are deleted, nothing flushed
+
+
+def test_benchmark_reads_the_redis_url_setting_when_no_option_names_one(redis_url, settings):
+    # README: the suites default to settings.REDIS_URL (then $REDIS_URL); the ratelimit
+    # suite used to ignore both and measure the shared local server instead.
+    settings.REDIS_URL = redis_url
+    out = io.StringIO()
+
+    ratelimit_benchmark.run(out, {"redis_url": None, "iterations": 5})
+
+    assert f"5 iterations on {redis_url}" in out.getvalue()

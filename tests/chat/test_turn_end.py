@@ -30,16 +30,37 @@ def test_an_unexpected_failure_after_streaming_saves_the_partial_reply_as_error(
     turn = events.turn
     deltas: list[str] = []
 
-    def broken_store(*args, **kwargs):
+    def broken_remember(*args, **kwargs):
         raise RuntimeError("cache exploded")
 
-    monkeypatch.setattr(pipeline_module.response_cache, "store", broken_store)
+    monkeypatch.setattr(
+        pipeline_module.ConversationHistory, "remember", staticmethod(broken_remember)
+    )
     result = drive(events, deltas.append)
     saved = Message.objects.get(pk=turn.assistant_message.pk)
     assert result.error is not None
     assert result.error.code == "internal_error"
     assert saved.status == "error"
     assert saved.content == "".join(deltas) == REPLY
+
+
+def test_a_response_cache_failure_after_the_final_event_leaves_the_reply_complete(
+    user, monkeypatch
+):
+    # The cache write waits until the client has its final event; failing, it is logged.
+    pipe = offline_pipeline()
+    events = pipe.stream(user=user, content="hello")
+    stored: list[str] = []
+
+    def broken_store(*args, **kwargs):
+        stored.append("tried")
+        raise RuntimeError("cache exploded")
+
+    monkeypatch.setattr(pipeline_module.response_cache, "store", broken_store)
+    result = drive(events)
+    assert stored == ["tried"]
+    assert result.status == "complete"
+    assert Message.objects.get(pk=result.message.pk).status == "complete"
 
 
 @pytest.mark.django_db(transaction=True)  # the retry closes the connection

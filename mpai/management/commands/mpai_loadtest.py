@@ -2,12 +2,15 @@
 
 Run it in the server's project and database: it creates (or reuses) the users
 ``mpai-load-<i>`` and a session for each, then runs ``--users`` concurrent clients of
-``--messages`` turns each and prints counts, throughput and median/p95/p99 latencies
-in ms. The logic and the report's fields are in :mod:`mpai.loadtest`.
+``--messages`` turns each (and ``--idle`` websockets that send nothing) and prints
+counts, throughput and median/p95/p99 latencies in ms; with ``--provider-first-token-ms``
+the time mpai adds to the first token, with ``--server-pid`` the server's CPU (s, ms per
+turn) and memory (MiB, KiB per idle websocket and per open stream). The logic and the
+report's fields are in :mod:`mpai.loadtest`.
 
-It needs the ``websockets`` client, which mpai installs only with its ``loadtest``
-extra (``pip install "mpai[loadtest]"``); without it the command stops with a
-``CommandError`` saying so.
+It needs the ``websockets`` client and ``psutil``, which mpai installs only with its
+``loadtest`` extra (``pip install "mpai[loadtest]"``); without them the command stops
+with a ``CommandError`` saying so.
 """
 
 from __future__ import annotations
@@ -20,21 +23,23 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 #: What the command needs beyond mpai's own dependencies (the ``loadtest`` extra).
 MISSING_CLIENT = (
-    "mpai_loadtest needs the websockets package, which mpai installs only with its "
-    'loadtest extra: pip install "mpai[loadtest]"'
+    "mpai_loadtest needs the websockets and psutil packages, which mpai installs only "
+    'with its loadtest extra: pip install "mpai[loadtest]"'
 )
+_EXTRA_MODULES = ("websockets", "psutil")
 
 
 def import_loadtest() -> Any:
     """Import :mod:`mpai.loadtest`.
 
     Raises:
-        CommandError: ``websockets`` is not installed (naming ``mpai[loadtest]``).
+        CommandError: ``websockets`` or ``psutil`` is not installed (naming
+            ``mpai[loadtest]``).
     """
     try:
         from mpai import loadtest
     except ModuleNotFoundError as exc:
-        if exc.name is not None and exc.name.split(".")[0] == "websockets":
+        if exc.name is not None and exc.name.split(".")[0] in _EXTRA_MODULES:
             raise CommandError(MISSING_CLIENT) from exc
         raise
     return loadtest
@@ -45,7 +50,9 @@ class Command(BaseCommand):
         "Load-test a running mpai server over its chat websocket and print turns ok/failed, "
         "throughput and median/p95/p99 latencies (ms). Each load-test user has its own "
         "rate-limit bucket (MPAI RATE_LIMIT CAPACITY, 10 by default): more --messages than "
-        "that gives rate_limited errors unless the server's limit is raised."
+        "that gives rate_limited errors unless the server's limit is raised. "
+        "--provider-first-token-ms adds the time mpai adds to the first token; --server-pid "
+        "the server's CPU per turn and memory per idle websocket and per open stream."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
@@ -94,6 +101,35 @@ class Command(BaseCommand):
             help='Send "cache": false so no reply comes from the response cache.',
         )
         parser.add_argument(
+            "--idle",
+            type=int,
+            default=0,
+            help=(
+                "Extra websockets (own users and sessions) that send nothing and stay open "
+                "for the whole run (default 0)."
+            ),
+        )
+        parser.add_argument(
+            "--provider-first-token-ms",
+            type=float,
+            default=None,
+            metavar="MS",
+            help=(
+                "The provider's own time to first token, ms: the report adds each turn's "
+                "first-token time minus MS (the time mpai adds)."
+            ),
+        )
+        parser.add_argument(
+            "--server-pid",
+            type=int,
+            default=None,
+            metavar="PID",
+            help=(
+                "The server process (on this machine) to sample with psutil: CPU s and ms "
+                "per turn, RSS MiB, KiB per idle websocket and per open stream."
+            ),
+        )
+        parser.add_argument(
             "--fail-on-error",
             action="store_true",
             help="Exit non-zero when any turn failed.",
@@ -109,6 +145,16 @@ class Command(BaseCommand):
                 raise CommandError(f"--{name} must be at least 1.")
         if options["timeout"] <= 0 or options["think_ms"] < 0:
             raise CommandError("--timeout must be positive and --think-ms not negative.")
+        if options["idle"] < 0:
+            raise CommandError("--idle must not be negative.")
+        first_token_ms = options["provider_first_token_ms"]
+        if first_token_ms is not None and first_token_ms < 0:
+            raise CommandError("--provider-first-token-ms must not be negative.")
+        if options["server_pid"] is not None:
+            try:
+                loadtest.check_server_pid(options["server_pid"])
+            except ValueError as exc:
+                raise CommandError(str(exc)) from exc
         try:
             prompts = loadtest.load_prompts(options["corpus"])
         except (OSError, ValueError) as exc:
@@ -122,9 +168,12 @@ class Command(BaseCommand):
             origin=options["origin"],
             timeout=options["timeout"],
             cache=not options["no_cache"],
+            idle=options["idle"],
+            provider_first_token_ms=first_token_ms,
+            server_pid=options["server_pid"],
         )
         # Database work stays outside the event loop (no SynchronousOnlyOperation).
-        keys = loadtest.prepare_sessions(config.users)
+        keys = loadtest.prepare_sessions(config.users + config.idle)
         try:
             report = asyncio.run(loadtest.run_load(config, keys))
         finally:
