@@ -101,9 +101,11 @@ DEFAULTS: dict[str, Any] = {
     # Replies streamed at once by one process (mpai.chat.capacity): the stream slots,
     # and the threads of the websocket's stream pool. Past them, up to STREAM_QUEUE
     # turns wait up to STREAM_QUEUE_SECONDS for a slot; the rest get "overloaded".
-    "STREAM_WORKERS": 256,
-    "STREAM_QUEUE": 256,
-    "STREAM_QUEUE_SECONDS": 0.5,
+    # The default is measured (README, "Performance"): 100 model-paced streams use
+    # about three quarters of one core, the most one Python process has to give.
+    "STREAM_WORKERS": 100,
+    "STREAM_QUEUE": 100,
+    "STREAM_QUEUE_SECONDS": 0.25,
     # Chat history older than this many days is deleted by the history cleanup
     # (mpai.chat.cleanup).
     "HISTORY_RETENTION_DAYS": 30,

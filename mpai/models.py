@@ -106,7 +106,8 @@ class CacheEntry(models.Model):
 
     The table is Django's ``DatabaseCache`` schema (what ``createcachetable`` makes),
     created by mpai's migrations so every database, the test ones included, has it.
-    Used through ``django.core.cache.backends.db.DatabaseCache``, never through the ORM.
+    Used through :class:`mpai.cache.database.DatabaseLayer` (a ``DatabaseCache``), never
+    through the ORM.
     """
 
     cache_key = models.CharField(max_length=255, primary_key=True)

@@ -1,8 +1,9 @@
 """``mpai.cache.LayeredCache``: a multi-level cache as a Django cache backend.
 
 The WordPress plugin's three levels (request memory, then the object cache, then
-persistent transients) become, by default: L1 in-process memory, L2 Redis through django-redis,
-L3 Django's ``DatabaseCache`` (which survives a Redis restart). It keeps Django's
+persistent transients) become, by default: L1 in-process memory, L2 Redis through
+django-redis, L3 :class:`mpai.cache.database.DatabaseLayer`, Django's ``DatabaseCache``
+with one-statement writes (it survives a Redis restart). It keeps Django's
 whole cache contract (sync and async), so a site can make it its default cache::
 
     CACHES = {"default": {"BACKEND": "mpai.cache.LayeredCache",
