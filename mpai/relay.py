@@ -25,18 +25,19 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-from mpai.chat.turns import Delta, Event, Finished, Started, TurnStream
+from mpai.chat.turns import Delta, Event, Finished, ReplyBuffer, Started, TurnStream
 
 logger = logging.getLogger(__name__)
 
 
 class _Deltas:
-    """Delta texts the event loop has not taken yet: they leave as one frame."""
+    """Delta texts the event loop has not taken yet: they leave as one frame (held in
+    compact blocks, so the buffer's bytes are about its text's, not 50 per delta)."""
 
-    __slots__ = ("parts", "size")
+    __slots__ = ("size", "text")
 
     def __init__(self) -> None:
-        self.parts: list[str] = []
+        self.text = ReplyBuffer()
         self.size = 0
 
 
@@ -130,7 +131,7 @@ class FrameRelay:
             if not isinstance(tail, _Deltas):
                 tail = _Deltas()
                 self._items.append(tail)
-            tail.parts.append(text)
+            tail.text.write(text)
             tail.size += size
             return self._queued(size)
 
@@ -214,7 +215,7 @@ class FrameRelay:
                 if item is None:
                     return
                 if isinstance(item, _Deltas):
-                    text = json.dumps({"type": "chat.delta", "text": "".join(item.parts)})
+                    text = json.dumps({"type": "chat.delta", "text": item.text.getvalue()})
                     size, final = item.size, False
                 else:
                     text, size, final = item

@@ -288,8 +288,9 @@ class ChatPipeline:
                 if turn.cancelled:
                     break
                 trace.mark_once(points.FIRST_DELTA)
-                turn.parts.append(cached.text[start : start + size])
-                yield Delta(turn.parts[-1])
+                piece = cached.text[start : start + size]
+                turn.reply.write(piece)
+                yield Delta(piece)
                 trace.mark(points.LAST_DELTA)
             result = self._finish(turn, cached.finish_reason, cached.usage, None)
         else:
@@ -312,7 +313,7 @@ class ChatPipeline:
     def _stream(self, turn: ChatTurn, request: ChatRequest) -> Generator[Delta, None, Streamed]:
         """Call the provider and yield its deltas; return (text, finish, usage, error)."""
         trace, common = turn.trace, {"user": turn.user, "conversation": turn.conversation}
-        parts = turn.parts
+        reply = turn.reply
         finish_reason: str | None = None
         usage: Usage | None = None
         error: MpaiError | None = None
@@ -340,7 +341,7 @@ class ChatPipeline:
                 if chunk.text:
                     trace.mark_once(points.FIRST_DELTA)
                     trace.mark(points.LAST_DELTA)
-                    parts.append(chunk.text)
+                    reply.write(chunk.text)
                     yield Delta(chunk.text)
                 finish_reason = chunk.finish_reason or finish_reason
                 turn.refusal = turn.refusal or chunk.refusal
@@ -354,7 +355,7 @@ class ChatPipeline:
                 error.__cause__ = exc
         finally:
             stream.close()
-        return "".join(parts), finish_reason, usage, error
+        return reply.getvalue(), finish_reason, usage, error
 
     def _finish(
         self,
@@ -363,9 +364,9 @@ class ChatPipeline:
         usage: Usage | None,
         error: MpaiError | None,
     ) -> TurnResult:
-        """Save the reply (``turn.parts``) with its final status; return the result."""
+        """Save the reply (``turn.reply``) with its final status; return the result."""
         trace = turn.trace
-        text = "".join(turn.parts)
+        text = turn.reply.getvalue()
         trace.mark_once(points.FIRST_DELTA)
         trace.mark_once(points.LAST_DELTA)
         trace.mark(points.RESPONSE_PROCESSED)

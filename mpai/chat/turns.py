@@ -67,6 +67,34 @@ Event = Started | Delta | Finished
 # --- turns -----------------------------------------------------------------------------
 
 
+class ReplyBuffer:
+    """A reply's text as it streams, in compact blocks.
+
+    A list of the deltas would keep every delta a ``str`` object of its own (about 50
+    bytes of header each: a 4 MB reply of word-sized deltas held some 25 MB), and
+    ``io.StringIO`` keeps such a list too until it is read. Every :data:`BLOCK` deltas
+    are joined into one string, so the text is held in about its own size.
+    """
+
+    BLOCK = 256
+
+    __slots__ = ("_blocks", "_parts")
+
+    def __init__(self) -> None:
+        self._blocks: list[str] = []
+        self._parts: list[str] = []
+
+    def write(self, text: str) -> None:
+        self._parts.append(text)
+        if len(self._parts) >= self.BLOCK:
+            self._blocks.append("".join(self._parts))
+            self._parts.clear()
+
+    def getvalue(self) -> str:
+        """Return the whole text so far."""
+        return "".join(self._blocks) + "".join(self._parts)
+
+
 @dataclass(eq=False)  # identity semantics: turns live in a WeakSet
 class ChatTurn:
     """One exchange: the saved user message and the assistant message being written."""
@@ -85,7 +113,7 @@ class ChatTurn:
     _cancelled: threading.Event = field(default_factory=threading.Event, repr=False)
     _stream: ChatStream | None = field(default=None, repr=False)
     # The reply's text so far, kept on the turn so an unexpected failure still saves it.
-    parts: list[str] = field(default_factory=list, repr=False)
+    reply: ReplyBuffer = field(default_factory=lambda: ReplyBuffer(), repr=False)
     model: str = ""
     # The model refused (Chat Completions ``delta.refusal``): its refusal is the reply.
     refusal: bool = False

@@ -29,11 +29,6 @@ from .base import ChatProvider, ChatRequest, ChatStream, StreamChunk, Usage
 _TOKEN_RE = re.compile(r"\s*\S+\s*|\s+")
 
 
-def split_tokens(text: str) -> list[str]:
-    """Split ``text`` into word-sized pieces whose concatenation is ``text``."""
-    return _TOKEN_RE.findall(text)
-
-
 def rough_token_count(text: str) -> int:
     """Estimate tokens as one per four characters (at least one for non-empty text)."""
     return (len(text) + 3) // 4
@@ -75,7 +70,9 @@ class OfflineStream(ChatStream):
     def __init__(
         self, text: str, *, prompt_tokens: int, first_token_s: float, token_interval_s: float
     ) -> None:
-        self._tokens = split_tokens(text)
+        # Tokens are found as they are sent: a list of every piece of a long reply would
+        # cost about 50 bytes of object header per piece.
+        self._text = text
         self._prompt_tokens = prompt_tokens
         self._first_token_s = first_token_s
         self._interval_s = token_interval_s
@@ -85,14 +82,14 @@ class OfflineStream(ChatStream):
         if self._first_token_s > 0 and self._closed.wait(self._first_token_s):
             return
         sent = 0
-        for index, token in enumerate(self._tokens):
+        for index, match in enumerate(_TOKEN_RE.finditer(self._text)):
             if self._closed.is_set():
                 return
             if index and self._interval_s > 0 and self._closed.wait(self._interval_s):
                 return
-            sent += 1
-            yield StreamChunk(text=token)
-        completion_tokens = rough_token_count("".join(self._tokens[:sent]))
+            sent = match.end()
+            yield StreamChunk(text=match.group())
+        completion_tokens = rough_token_count(self._text[:sent])
         yield StreamChunk(
             finish_reason="stop",
             usage=Usage(

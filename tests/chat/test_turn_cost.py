@@ -86,3 +86,23 @@ def test_the_response_cache_is_written_after_the_final_event(user, monkeypatch) 
             order.append(f"{type(event).__name__}:{len(seen)}")
     assert order[-1] == "Finished:0"  # the client had its final event before the write
     assert seen == ["store"]
+
+
+def test_a_long_reply_of_tiny_deltas_is_held_as_text_not_as_delta_objects(user) -> None:
+    # Thirty 4 MB replies of word-sized deltas once held about 1.1 GiB: every delta
+    # stayed a str object (about 50 bytes of header each) in the provider and the turn.
+    import tracemalloc
+
+    reply = "a " * 100_000  # 200 KB in 100,000 deltas
+    pipe = ChatPipeline(OfflineProvider(first_token_ms=0, tokens_per_second=0, reply=reply))
+    events = pipe.stream(user=user, content="long", use_cache=False)
+    tracemalloc.start()
+    try:
+        held = 0
+        for event in events:
+            if isinstance(event, Delta):
+                held = max(held, tracemalloc.get_traced_memory()[0])
+    finally:
+        tracemalloc.stop()
+    assert Message.objects.get(pk=events.turn.assistant_message.pk).content == reply
+    assert held < 10 * len(reply)  # a few copies of the text, not 100,000 objects
