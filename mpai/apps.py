@@ -36,3 +36,9 @@ class MpaiConfig(AppConfig):
         signals.request_complete.connect(
             log_stage_timings, dispatch_uid="mpai.chat.slowlog.log_stage_timings"
         )
+
+        # Turn metrics (mpai.metrics): recorded off the streaming thread, while
+        # MPAI["METRICS_ENABLED"] (read on each turn, so override_settings works).
+        from mpai.metrics import receivers
+
+        receivers.connect()

@@ -48,6 +48,10 @@ DEFAULTS: dict[str, Any] = {
     # page.url and page.title); a chat message nests 2 deep.
     "MAX_FRAME_BYTES": 128 * 1024,
     "MAX_JSON_DEPTH": 32,
+    # --- metrics (mpai.metrics.views) ---
+    # Bearer token a Prometheus scraper sends to read /metrics
+    # (Authorization: Bearer <token>); None = only signed-in staff users may read it.
+    "METRICS_TOKEN": None,
     # --- context building (mpai.chat.context) ---
     # Token budget = MAX_INPUT_TOKENS - REPLY_RESERVE_TOKENS (tokens).
     "MAX_INPUT_TOKENS": 8000,
@@ -181,6 +185,12 @@ DEFAULTS: dict[str, Any] = {
     "REPLAY_POLL_SECONDS": 0.25,
     # Attempts of the final save of a reply, each on a fresh database connection.
     "SAVE_ATTEMPTS": 5,
+    # --- turn metrics (mpai.metrics): per-minute histograms of each stage's duration ---
+    # False: the receiver is not connected (and, when already connected, records nothing).
+    "METRICS_ENABLED": True,
+    # Redis URL of the per-minute figures. None: RATE_LIMIT["REDIS_URL"] if set, else
+    # the database (mpai.models.MetricBucket); "" forces the database.
+    "METRICS_REDIS_URL": None,
 }
 
 #: Dict-valued options a site's dict is merged over, key by key: reading one returns

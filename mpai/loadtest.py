@@ -72,7 +72,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake
 from websockets.typing import Origin
 
-from mpai.benchmarks._stats import percentile
+from mpai.benchmarks._stats import nearest_rank
 from mpai.chat.validation import validate_content
 from mpai.exceptions import MpaiError
 
@@ -374,8 +374,8 @@ def latency_table(latencies: dict[str, list[float]]) -> list[str]:
             continue
         figures = (
             statistics.median(samples),
-            percentile(samples, 0.95),
-            percentile(samples, 0.99),
+            nearest_rank(samples, 0.95),
+            nearest_rank(samples, 0.99),
             samples[-1],
         )
         lines.append(f"{label:<18}{len(samples):>6}" + "".join(f"{v:>10.1f}" for v in figures))

@@ -141,3 +141,31 @@ class SiteIdentity(models.Model):
 
     def __str__(self) -> str:
         return str(self.uuid)
+
+
+class MetricBucket(models.Model):
+    """One count of the per-minute turn metrics when no Redis is configured
+    (:mod:`mpai.metrics.storage`).
+
+    ``stage`` is a stage of ``mpai.metrics.record.STAGES`` and ``bucket`` the index of a
+    :mod:`mpai.metrics.histogram` bucket; counters (turns, outcomes, token sums) use a
+    stage starting with ``#`` and bucket 0. ``minute`` is the Unix minute
+    (``int(time.time() // 60)``). Rows are added to with one upsert per turn.
+    """
+
+    minute = models.IntegerField()
+    stage = models.CharField(max_length=64)
+    bucket = models.SmallIntegerField()
+    count = models.BigIntegerField(default=0)
+
+    class Meta:
+        verbose_name = "metric bucket"
+        verbose_name_plural = "metric buckets"
+        constraints = [
+            models.UniqueConstraint(
+                fields=["minute", "stage", "bucket"], name="mpai_metricbucket_unique"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.minute} {self.stage}[{self.bucket}] = {self.count}"

@@ -40,6 +40,8 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    # First: X-Response-Time and the HTTP latency histogram cover all the others.
+    "mpai.metrics.middleware.ResponseTimeMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -118,6 +120,9 @@ MPAI = {
     },
     # Roomy by default; the rate-limit tests set their own buckets.
     "RATE_LIMIT": {"CAPACITY": 10_000, "REFILL_RATE": 1_000},
+    # Off for the suite: every chat test would record figures from a background thread
+    # into a test database it does not own; the metrics tests turn it on.
+    "METRICS_ENABLED": False,
 }
 
 LOGGING = {

@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable
 
 
-def percentile(sorted_values: list[float], fraction: float) -> float:
+def nearest_rank(sorted_values: list[float], fraction: float) -> float:
     """Nearest-rank percentile of an ascending list."""
     rank = max(1, math.ceil(fraction * len(sorted_values)))
     return sorted_values[rank - 1]
@@ -27,6 +27,6 @@ def time_us(call: Callable[[], object], iterations: int, *, warmup: int = 20) ->
     return samples
 
 
-def summary(samples: list[float]) -> tuple[float, float]:
+def median_p99(samples: list[float]) -> tuple[float, float]:
     """Return ``(median, p99)`` of sorted samples."""
-    return statistics.median(samples), percentile(samples, 0.99)
+    return statistics.median(samples), nearest_rank(samples, 0.99)

@@ -39,7 +39,7 @@ from django.core.management import call_command
 from django.db import DEFAULT_DB_ALIAS, connections
 
 from mpai.benchmarks import Writer, default_redis_url
-from mpai.benchmarks._stats import percentile
+from mpai.benchmarks._stats import nearest_rank
 
 DEFAULT_ITERATIONS = 2000
 WARMUP = 50
@@ -138,7 +138,7 @@ class _Bench:
         result = {}
         for name, values in self.samples.items():
             ordered = sorted(values)
-            result[name] = (statistics.median(ordered), percentile(ordered, 0.99))
+            result[name] = (statistics.median(ordered), nearest_rank(ordered, 0.99))
         return result
 
 
@@ -356,7 +356,8 @@ def _report(
         ordered = sorted(coherence)
         stdout.write(
             f"coherence: another process's L1 drops a key set here after "
-            f"median {statistics.median(ordered):.0f} us, p99 {percentile(ordered, 0.99):.0f} us, "
+            f"median {statistics.median(ordered):.0f} us, "
+            f"p99 {nearest_rank(ordered, 0.99):.0f} us, "
             f"max {ordered[-1]:.0f} us ({len(ordered)} trials; includes ~100 us peer polling)\n"
         )
     else:

@@ -20,7 +20,7 @@ from types import SimpleNamespace
 from typing import Any
 
 from mpai.benchmarks import Writer
-from mpai.benchmarks._stats import summary, time_us
+from mpai.benchmarks._stats import median_p99, time_us
 from mpai.chat.context import ContextBuilder, ContextRequest, budget_tokens
 from mpai.chat.profile import delete_user_profile, store_user_profile
 from mpai.chat.tokens import estimate_tokens
@@ -74,7 +74,7 @@ def run(stdout: Writer, options: Mapping[str, Any]) -> None:
                 builder.build(request, history)
 
             samples = time_us(build, iterations)
-            median, p99 = summary(samples)
+            median, p99 = median_p99(samples)
             kept = len(context.messages) - 2
             stdout.write(f"{label:<28}{median:>10.1f}{p99:>10.1f}{context.tokens:>9}{kept:>14}\n")
     finally:

@@ -25,7 +25,7 @@ from typing import Any
 from redis import Redis
 
 from mpai.benchmarks import Writer, default_redis_url
-from mpai.benchmarks._stats import percentile
+from mpai.benchmarks._stats import nearest_rank
 from mpai.chat.ratelimit.redis_bucket import RedisTokenBucket
 
 DEFAULT_ITERATIONS = 5000
@@ -93,7 +93,7 @@ def run(stdout: Writer, options: Mapping[str, Any]) -> None:
     stdout.write(f"{'operation':<20}{'median us':>12}{'p99 us':>12}{'x PING':>10}\n")
     for name, values in figures.items():
         median = statistics.median(values)
-        p99 = percentile(values, 0.99)
+        p99 = nearest_rank(values, 0.99)
         ratio = median / ping_median if ping_median else math.nan
         stdout.write(f"{name:<20}{median:>12.1f}{p99:>12.1f}{ratio:>10.2f}\n")
     stdout.write(

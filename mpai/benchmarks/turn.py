@@ -37,7 +37,7 @@ from django.db import connection
 from django.test.utils import override_settings
 
 from mpai.benchmarks import Writer
-from mpai.benchmarks._stats import percentile, summary
+from mpai.benchmarks._stats import median_p99, nearest_rank
 from mpai.chat.pipeline import ChatPipeline
 from mpai.chat.turns import Delta
 from mpai.providers import ChatRequest
@@ -263,7 +263,7 @@ def run(stdout: Writer, options: Mapping[str, Any]) -> None:
     medians = {}
     for name, samples in rows:
         samples.sort()
-        median, p99 = summary(samples)
+        median, p99 = median_p99(samples)
         medians[name] = median
         stdout.write(f"{name:<36}{median:>10.1f}{p99:>10.1f}\n")
     per_delta = medians["mpai turn: per delta"]
@@ -278,7 +278,7 @@ def run(stdout: Writer, options: Mapping[str, Any]) -> None:
         f"{medians['relay alone: per delta'] / medians['floor consumer: per delta']:.2f}x; "
         f"/ send_json: "
         f"{medians['relay alone: per delta'] / medians['send_json floor: per frame']:.2f}x"
-        f" (p99 {percentile(sorted(relayed), 0.99):.1f} µs)\n"
+        f" (p99 {nearest_rank(sorted(relayed), 0.99):.1f} µs)\n"
     )
     stdout.write(
         f"CPU per turn ({DELTAS} deltas): mpai relayed {mpai_cpu:.2f} ms, floor consumer "
