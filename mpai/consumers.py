@@ -34,8 +34,9 @@ from mpai.chat.capacity import Slot, stream_slots
 from mpai.chat.pipeline import ChatPipeline
 from mpai.chat.turns import TurnStream
 from mpai.conf import mpai_settings
-from mpai.exceptions import Busy, MpaiError, NotAuthenticated
+from mpai.exceptions import Busy, MpaiError, NotAuthenticated, RateLimited
 from mpai.frames import error_frame, frame_for
+from mpai.metrics import prometheus as metrics
 from mpai.relay import FrameRelay, relay_events
 from mpai.sessions import current_user
 
@@ -88,6 +89,7 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
     task: asyncio.Task[None] | None = None
     relay: FrameRelay | None = None
     busy = False
+    accepted = False
     cancel_requested = False
     closing: asyncio.Future[None] | None = None
 
@@ -98,10 +100,15 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             return
         self.pipeline = self.pipeline_class()
         await self.accept()
+        self.accepted = True
+        metrics.websocket_opened()
 
     async def disconnect(self, code: int) -> None:
         # Not a cancel: the worker thread finishes and saves the reply; only the frames
         # stop. A resend waiting for another reply stops waiting.
+        if self.accepted:
+            self.accepted = False
+            metrics.websocket_closed()
         if self.relay is not None:
             self.relay.close()
         turn = self.turn
@@ -163,6 +170,7 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
                 # A stream slot first (mpai.chat.capacity): past the ceiling the turn
                 # waits a bounded time, then gets "overloaded" with nothing saved.
                 slot = await stream_slots().acquire_async()
+                metrics.turn_started()
             except MpaiError as exc:
                 await self.send_final(json.dumps(error_frame(exc)))
                 return
@@ -196,6 +204,7 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         finally:
             if slot is not None:  # the turn never reached its stream thread
                 slot.release()
+                metrics.turn_ended()
             self.busy = False
             self.turn = None
             self.relay = None
@@ -227,6 +236,8 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             try:
                 events = self.start_turn(content)
             except MpaiError as exc:
+                if isinstance(exc, RateLimited):
+                    metrics.rate_limited()
                 relay.put_refusal(error_frame(exc), exc)
                 relay.finish()
                 return
@@ -238,6 +249,7 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             relay_events(events, relay, frame_for, error_frame=error_frame(MpaiError()))
         finally:
             slot.release()
+            metrics.turn_ended()
             close_old_connections()
 
     def drop_slow_client(self) -> None:

@@ -7,8 +7,12 @@ and a fresh session for each in the configured ``SESSION_ENGINE``
 (:func:`prepare_sessions`). Then :func:`run_load` opens the clients, and the idle
 websockets (``idle``: the users after the clients', sending nothing), concurrently with
 the ``websockets`` asyncio client; once every handshake is over, each client sends its
-messages one after another in one conversation (the ``conversation`` of its first
-``chat.started``) and times every turn. The idle websockets stay open until the last
+messages one after another and times every turn: with ``conversations`` (recorded ones,
+:func:`load_conversations`) it replays one conversation's user turns in order in one mpai
+conversation (the ``conversation`` of its first ``chat.started``), then the next
+conversation in a new one; with the packaged ``prompts`` alone, all its messages go to one
+conversation. It sends ``messages`` turns, or, with ``duration_s``, keeps sending until
+that many seconds after the first message. The idle websockets stay open until the last
 client is done (then a ping checks they still are). The sessions are deleted afterwards
 (:func:`delete_sessions`); the users, and the conversations they made, stay
 (``mpai_cleanup`` removes old history).
@@ -20,6 +24,11 @@ server with psutil (:class:`ServerMonitor`, :class:`ServerUsage`): CPU seconds d
 the run and per ok turn, and RSS before the connections, with them open and idle, and at
 its peak while turns stream (sampled every ``sample_ms`` on a thread), so memory per idle
 websocket and per open stream.
+
+Nothing lost: every reply a client saw complete keeps its message id (the final
+``chat.completed`` frame's ``message``) and the concatenation of its ``chat.delta``
+texts, and :func:`check_persistence` reads them back afterwards: each must be saved with
+status ``complete`` and exactly that text.
 
 All database work happens outside the event loop, so the command also runs where an
 event loop must not touch the database (``call_command`` in a test).
@@ -34,26 +43,31 @@ starts with partly empty buckets.
 Usage::
 
     from mpai import loadtest
+    corpus = loadtest.default_corpus()  # None: the packaged prompts
     config = loadtest.LoadTestConfig(url="ws://127.0.0.1:8000/ws/mpai/chat/", users=20,
-                                     messages=5, prompts=loadtest.load_prompts(),
+                                     messages=5, duration_s=60, prompts=[],
+                                     conversations=loadtest.load_conversations(corpus),
                                      idle=50, provider_first_token_ms=300, server_pid=1234)
     keys = loadtest.prepare_sessions(config.users + config.idle)
     try:
         report = asyncio.run(loadtest.run_load(config, keys))
     finally:
         loadtest.delete_sessions(keys)
+    report.persistence = loadtest.check_persistence(report.turns)
     print(report.format())
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
+import os
 import statistics
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from importlib import import_module, resources
 from pathlib import Path
@@ -99,9 +113,18 @@ class LoadTestConfig:
     Attributes:
         url: the chat websocket, ``ws://host:port/ws/mpai/chat/`` (or ``wss://``).
         users: concurrent clients, one user and one connection each (≥ 1).
-        messages: ``chat.message`` frames per client, sent one after another (≥ 1).
-        prompts: message texts; client ``i`` turn ``j`` sends
-            ``prompts[(i * messages + j) % len(prompts)]``.
+        messages: ``chat.message`` frames per client, sent one after another (≥ 1);
+            ignored when ``duration_s`` is set.
+        prompts: message texts, used only without ``conversations``: client ``i`` turn
+            ``j`` (both from 0) sends ``prompts[(i * messages + j) % len(prompts)]``, all
+            in one mpai conversation.
+        conversations: recorded conversations to replay, each the list of its user turns
+            (:func:`load_conversations`); None = ``prompts``. Client ``i`` (from 0) replays
+            conversation ``(i + k * users) % len(conversations)`` as its ``k``-th (from 0),
+            its turns in order in one new mpai conversation, then goes on to the next.
+        duration_s: seconds: each client keeps sending (next turn, or the next
+            conversation) until this long after the first message, and finishes the turn
+            in flight then; None = ``messages`` turns per client.
         think_ms: pause between a turn's final frame and the client's next message (ms).
         origin: the ``Origin`` header; None = the URL's ``http(s)://host:port``.
         timeout: seconds allowed for the handshake and for each turn (send → final frame).
@@ -113,12 +136,15 @@ class LoadTestConfig:
         server_pid: the server process to sample with psutil (on this machine); None =
             no server figures.
         sample_ms: interval of the RSS samples while turns stream (ms).
+        source: where the prompts came from, for the report (a path, or empty).
     """
 
     url: str
     users: int
     messages: int
     prompts: Sequence[str]
+    conversations: Sequence[Sequence[str]] | None = None
+    duration_s: float | None = None
     think_ms: float = 0.0
     origin: str | None = None
     timeout: float = 60.0
@@ -127,6 +153,7 @@ class LoadTestConfig:
     provider_first_token_ms: float | None = None
     server_pid: int | None = None
     sample_ms: float = 50.0
+    source: str = ""
 
 
 @dataclass
@@ -142,6 +169,9 @@ class TurnTiming:
             ``chat.delta`` / the final frame; None when it never came.
         deltas / chars: ``chat.delta`` frames and their characters.
         cached: the completed reply came from the server's response cache.
+        conversation: the mpai conversation id (``chat.started``), None before it came.
+        message: the reply's message id (from the final frame), None without one.
+        text: the concatenated ``chat.delta`` texts (what the client saw streamed).
     """
 
     user: int
@@ -154,6 +184,9 @@ class TurnTiming:
     deltas: int = 0
     chars: int = 0
     cached: bool = False
+    conversation: Any = None
+    message: Any = None
+    text: str = ""
 
 
 def per_item_kib(grown_bytes: float | None, items: int) -> float | None:
@@ -262,7 +295,8 @@ def _mib(value: int | None) -> str:
 
 @dataclass
 class LoadTestReport:
-    """The results of one run: every turn (``users × messages`` of them) and the clock.
+    """The results of one run: every turn (``users × messages`` of them, or as many as
+    were sent in ``duration_s``) and the clock.
 
     Attributes:
         config: what was run.
@@ -275,6 +309,8 @@ class LoadTestReport:
         idle_handshake_errors: idle websockets that could not connect, by exception text.
         peak_streams: the most turns streaming at once (send → final frame, client side).
         server: the server's CPU and memory (``config.server_pid``), else None.
+        persistence: the replies read back from the database (:func:`check_persistence`,
+            run after :func:`run_load`), else None.
     """
 
     config: LoadTestConfig
@@ -287,6 +323,7 @@ class LoadTestReport:
     idle_handshake_errors: Counter[str] = field(default_factory=Counter)
     peak_streams: int = 0
     server: ServerUsage | None = None
+    persistence: PersistenceCheck | None = None
 
     @property
     def ok(self) -> int:
@@ -337,9 +374,13 @@ class LoadTestReport:
         chars = sum(t.chars for t in self.turns)
         errors = self.errors()
         error_text = ", ".join(f"{code} {n}" for code, n in sorted(errors.items())) or "none"
+        length = (
+            f"for {cfg.duration_s:g} s"
+            if cfg.duration_s is not None
+            else f"x {cfg.messages} messages"
+        )
         lines = [
-            f"mpai load test: {cfg.url}, {cfg.users} users x {cfg.messages} messages, "
-            f"think {cfg.think_ms:g} ms",
+            f"mpai load test: {cfg.url}, {cfg.users} users {length}, think {cfg.think_ms:g} ms",
             f"turns: {self.ok} ok, {self.failed} failed (of {len(self.turns)})",
             f"errors: {error_text}",
             *(f"  handshake: {text} ({n} clients)" for text, n in self.handshake_errors.items()),
@@ -348,6 +389,14 @@ class LoadTestReport:
             f"wall time: {self.wall_s:.3f} s; {self.ok / wall:.2f} turns/s (ok); "
             f"{deltas / wall:.1f} deltas/s",
         ]
+        if cfg.conversations is not None:
+            conversations = len({(t.user, t.conversation) for t in self.turns if t.conversation})
+            lines.insert(
+                1,
+                f"prompts: {len(cfg.conversations)} recorded conversations"
+                f"{f' from {cfg.source}' if cfg.source else ''}, replayed turn by turn "
+                f"({conversations} mpai conversations)",
+            )
         if cfg.idle:
             lines.append(
                 f"idle websockets: {self.idle_connected} of {cfg.idle} connected, "
@@ -361,6 +410,8 @@ class LoadTestReport:
         lines.extend(latency_table(self.latencies()))
         if self.server is not None:
             lines.extend(self.server.lines(self.ok))
+        if self.persistence is not None:
+            lines.extend(self.persistence.lines())
         return "\n".join(lines)
 
 
@@ -385,15 +436,63 @@ def latency_table(latencies: dict[str, list[float]]) -> list[str]:
 # --- prompts -------------------------------------------------------------------------
 
 
+#: The environment variable naming the default corpus (a ``conversations.jsonl``).
+CORPUS_ENV = "MPAI_LOADTEST_CORPUS"
+
+
+def default_corpus() -> Path | None:
+    """The corpus used when none is given: the file named by ``$MPAI_LOADTEST_CORPUS``
+    when set (non-empty), else ``<BASE_DIR>/../shared/data/conversations.jsonl`` when
+    that file exists (``settings.BASE_DIR``: the project's), else None (the packaged
+    offline prompts)."""
+    named = os.environ.get(CORPUS_ENV)
+    if named:
+        return Path(named)
+    base_dir = getattr(settings, "BASE_DIR", None)
+    if base_dir is None:
+        return None
+    shared = Path(base_dir).parent / "shared" / "data" / "conversations.jsonl"
+    return shared if shared.is_file() else None
+
+
+def load_conversations(corpus: str | Path) -> list[list[str]]:
+    """Return the recorded conversations to replay, each the list of its user turns in
+    order, each turn one the server would accept.
+
+    Args:
+        corpus: a conversations JSON-lines file (``{"source", "turns": [{"role",
+            "content"}, ...]}`` a line), read in file order; records whose ``source``
+            starts with one of :data:`SKIPPED_SOURCES` (``hh-rlhf``: red-team data, never
+            shown to people) are skipped.
+
+    User turns the server's validation would refuse (empty, control characters, over
+    ``MPAI["MAX_MESSAGE_LENGTH"]``) are left out of their conversation, a conversation
+    left without turns is dropped, and a conversation whose user turns repeat an
+    earlier one's exactly (branches of one tree that differ only in the assistant's
+    turns) is kept once.
+
+    Raises:
+        OSError: the corpus cannot be read.
+        ValueError: a line is not JSON, or no usable conversation is left.
+    """
+    conversations: dict[tuple[str, ...], None] = {}
+    for texts in _corpus_conversations(Path(corpus)):
+        turns = tuple(_acceptable(texts))
+        if turns:
+            conversations.setdefault(turns, None)
+    if not conversations:
+        raise ValueError(f"No usable conversations in {corpus}.")
+    return [list(turns) for turns in conversations]
+
+
 def load_prompts(corpus: str | Path | None = None) -> list[str]:
     """Return the prompts to send, each one the server would accept.
 
     Args:
         corpus: None for the packaged offline prompts (the ``prompt`` of every record in
             ``mpai/providers/data/offline_replies.json``); otherwise a conversations
-            JSON-lines file (``{"source", "turns": [{"role", "content"}, ...]}`` a line):
-            its user turns, in file order, skipping records whose ``source`` starts with
-            ``hh-rlhf`` (red-team data, never shown to people).
+            JSON-lines file: its user turns, in file order (as
+            :func:`load_conversations` reads them).
 
     Prompts the server's validation would refuse (empty, control characters, over
     ``MPAI["MAX_MESSAGE_LENGTH"]``) are left out; duplicates are kept once.
@@ -407,19 +506,24 @@ def load_prompts(corpus: str | Path | None = None) -> list[str]:
         raw = resources.files("mpai.providers").joinpath("data/offline_replies.json")
         texts = [r.get("prompt") for r in json.loads(raw.read_text("utf-8"))["replies"]]
     else:
-        texts = _corpus_user_turns(Path(corpus))
-    prompts: dict[str, None] = {}
-    for text in texts:
-        try:
-            prompts.setdefault(validate_content(text), None)
-        except MpaiError:
-            continue
+        texts = (t for turns in _corpus_conversations(Path(corpus)) for t in turns)
+    prompts = dict.fromkeys(_acceptable(texts))
     if not prompts:
         raise ValueError(f"No usable prompts in {corpus or 'the packaged offline replies'}.")
     return list(prompts)
 
 
-def _corpus_user_turns(path: Path) -> Iterable[Any]:
+def _acceptable(texts: Iterable[Any]) -> Iterable[str]:
+    """The texts ``validate_content`` accepts, as it returns them."""
+    for text in texts:
+        try:
+            yield validate_content(text)
+        except MpaiError:
+            continue
+
+
+def _corpus_conversations(path: Path) -> Iterable[list[Any]]:
+    """Each kept record's user turns (raw contents), in file order."""
     with path.open(encoding="utf-8") as fh:
         for number, line in enumerate(fh, 1):
             if not line.strip():
@@ -428,11 +532,82 @@ def _corpus_user_turns(path: Path) -> Iterable[Any]:
                 record = json.loads(line)
             except ValueError as exc:
                 raise ValueError(f"{path}:{number}: not JSON ({exc}).") from exc
+            if not isinstance(record, dict):
+                raise ValueError(f"{path}:{number}: not a JSON object.")
             if str(record.get("source", "")).startswith(SKIPPED_SOURCES):
                 continue
-            for turn in record.get("turns") or []:
-                if turn.get("role") == "user":
-                    yield turn.get("content")
+            yield [
+                turn.get("content")
+                for turn in record.get("turns") or []
+                if isinstance(turn, dict) and turn.get("role") == "user"
+            ]
+
+
+# --- persistence (synchronous: outside the event loop) --------------------------------
+
+MISSING = "missing"  # no saved message with the reply's id (or no id in the frame)
+OTHER_STATUS = "other status"  # saved, but not with status complete
+OTHER_TEXT = "other text"  # saved complete, but its content is not the streamed text
+
+
+@dataclass
+class PersistenceCheck:
+    """Every reply a client saw complete, read back from the database.
+
+    Attributes:
+        checked: replies checked (ok turns: ``chat.completed`` with status complete).
+        mismatches: the replies not saved as streamed, ``(kind, message id)`` in turn
+            order; ``kind`` is :data:`MISSING`, :data:`OTHER_STATUS` or :data:`OTHER_TEXT`.
+    """
+
+    checked: int = 0
+    mismatches: list[tuple[str, Any]] = field(default_factory=list)
+
+    @property
+    def saved(self) -> int:
+        """Replies saved complete with exactly the streamed text."""
+        return self.checked - len(self.mismatches)
+
+    def lines(self) -> list[str]:
+        """``persistence: N of M replies saved as streamed`` and one line per mismatch
+        kind (count and up to 10 message ids)."""
+        lines = [f"persistence: {self.saved} of {self.checked} replies saved as streamed"]
+        by_kind: dict[str, list[Any]] = {}
+        for kind, message in self.mismatches:
+            by_kind.setdefault(kind, []).append(message)
+        for kind in (MISSING, OTHER_STATUS, OTHER_TEXT):
+            ids = by_kind.get(kind)
+            if ids:
+                shown = ", ".join(str(i) for i in ids[:10]) + (", ..." if len(ids) > 10 else "")
+                lines.append(f"  {kind}: {len(ids)} (messages {shown})")
+        return lines
+
+
+def check_persistence(turns: Iterable[TurnTiming], batch: int = 500) -> PersistenceCheck:
+    """Read every ok turn's reply back (``mpai.models.Message`` by the final frame's
+    id, ``batch`` ids a query) and compare: status complete and content equal to the
+    concatenated deltas. Call it outside the event loop, after :func:`run_load`."""
+    from mpai.models import Message
+
+    ok = [t for t in turns if t.ok]
+    check = PersistenceCheck(checked=len(ok))
+    ids = [t.message for t in ok if t.message is not None]
+    saved: dict[Any, tuple[str, str]] = {}
+    for i in range(0, len(ids), batch):
+        rows = Message.objects.filter(pk__in=ids[i : i + batch])
+        saved.update(
+            (pk, (status, content))
+            for pk, status, content in rows.values_list("pk", "status", "content")
+        )
+    for turn in ok:
+        row = saved.get(turn.message)
+        if row is None:
+            check.mismatches.append((MISSING, turn.message))
+        elif row[0] != Message.Status.COMPLETE:
+            check.mismatches.append((OTHER_STATUS, turn.message))
+        elif row[1] != turn.text:
+            check.mismatches.append((OTHER_TEXT, turn.message))
+    return check
 
 
 # --- users and sessions (synchronous: outside the event loop) -------------------------
@@ -567,7 +742,11 @@ def origin_for(url: str) -> str:
     return f"{scheme}://{parts.netloc}"
 
 
-async def run_load(config: LoadTestConfig, session_keys: Sequence[str]) -> LoadTestReport:
+async def run_load(
+    config: LoadTestConfig,
+    session_keys: Sequence[str],
+    on_turn: Callable[[TurnTiming], None] | None = None,
+) -> LoadTestReport:
     """Run ``config.users`` clients concurrently and return the report.
 
     Every websocket (clients and ``config.idle`` idle ones) is opened first; the clients
@@ -578,6 +757,8 @@ async def run_load(config: LoadTestConfig, session_keys: Sequence[str]) -> LoadT
         config: what to run.
         session_keys: one session key per client, then one per idle websocket
             (:func:`prepare_sessions` of ``users + idle``).
+        on_turn: called on the event loop with each turn once it ended (a progress
+            bar); it must not block.
 
     Failures never raise: every turn ends up in the report with its code.
 
@@ -589,7 +770,7 @@ async def run_load(config: LoadTestConfig, session_keys: Sequence[str]) -> LoadT
         raise ValueError(
             f"{config.users} users and {config.idle} idle websockets need {sockets} session keys."
         )
-    if not config.prompts:
+    if not config.prompts and not config.conversations:
         raise ValueError("No prompts.")
     monitor = None if config.server_pid is None else ServerMonitor(config.server_pid)
     report = LoadTestReport(config)
@@ -622,8 +803,12 @@ async def run_load(config: LoadTestConfig, session_keys: Sequence[str]) -> LoadT
             cpu_idle = monitor.cpu_s()
             monitor.start_sampling(streams, config.sample_ms / 1000)
         try:
+            first_message = time.perf_counter()
             per_client = await asyncio.gather(
-                *(_client(config, ws, i, streams) for i, (ws, _) in enumerate(clients, 1))
+                *(
+                    _client(config, ws, i, streams, first_message, on_turn)
+                    for i, (ws, _) in enumerate(clients, 1)
+                )
             )
         finally:
             if monitor is not None:
@@ -670,23 +855,54 @@ async def _still_open(ws: ClientConnection, config: LoadTestConfig) -> bool:
     return True
 
 
+def _script(config: LoadTestConfig, user: int) -> Iterator[tuple[str, bool]]:
+    """Client ``user``'s messages, endless: ``(text, starts a new mpai conversation)``."""
+    if config.conversations:
+        conversations = config.conversations
+        for k in itertools.count():
+            turns = conversations[(user - 1 + k * config.users) % len(conversations)]
+            for j, text in enumerate(turns):
+                yield text, j == 0
+    else:
+        prompts = config.prompts
+        for j in itertools.count():
+            yield prompts[((user - 1) * config.messages + j) % len(prompts)], j == 0
+
+
 async def _client(
-    config: LoadTestConfig, ws: ClientConnection | None, user: int, streams: OpenStreams
+    config: LoadTestConfig,
+    ws: ClientConnection | None,
+    user: int,
+    streams: OpenStreams,
+    first_message: float,
+    on_turn: Callable[[TurnTiming], None] | None,
 ) -> list[TurnTiming]:
-    turns = [TurnTiming(user, j) for j in range(1, config.messages + 1)]
+    """One client's turns: ``config.messages`` of them (the unsent ones included), or as
+    many as it sent before ``config.duration_s`` s after ``first_message``
+    (``time.perf_counter()``)."""
+    timed = config.duration_s is not None
+    planned = 1 if timed else config.messages
     if ws is None:
-        for turn in turns:
-            turn.code = CLIENT_HANDSHAKE
-        return turns
+        return [TurnTiming(user, j, code=CLIENT_HANDSHAKE) for j in range(1, planned + 1)]
+    deadline = first_message + (config.duration_s or 0.0)
+    turns: list[TurnTiming] = []
     conversation: Any = None
+    script = _script(config, user)
     try:
-        for j, turn in enumerate(turns):
-            if j and config.think_ms > 0:
+        while timed or len(turns) < config.messages:
+            if turns and config.think_ms > 0:
                 await asyncio.sleep(config.think_ms / 1000)
+            if timed and time.perf_counter() >= deadline:
+                break
+            text, new = next(script)
+            if new:
+                conversation = None
+            turn = TurnTiming(user, len(turns) + 1)
+            turns.append(turn)
             frame: dict[str, Any] = {
                 "type": "chat.message",
                 "conversation": conversation,
-                "content": config.prompts[((user - 1) * config.messages + j) % len(config.prompts)],
+                "content": text,
             }
             if not config.cache:
                 frame["cache"] = False
@@ -705,14 +921,19 @@ async def _client(
                 break
             finally:
                 streams.closed()
+                if on_turn is not None:
+                    on_turn(turn)
     finally:
         await ws.close()
+    if not timed:
+        turns.extend(TurnTiming(user, j) for j in range(len(turns) + 1, config.messages + 1))
     return turns
 
 
 async def _turn(ws: ClientConnection, frame: dict[str, Any], turn: TurnTiming) -> Any:
     """Send ``frame``, fill ``turn`` from the answer; return ``chat.started``'s conversation."""
     conversation = None
+    parts: list[str] = []  # the deltas' texts
     sent = time.perf_counter()
     await ws.send(json.dumps(frame))
     while True:
@@ -722,17 +943,22 @@ async def _turn(ws: ClientConnection, frame: dict[str, Any], turn: TurnTiming) -
         if kind == "chat.started":
             turn.started_ms = elapsed
             conversation = answer.get("conversation")
+            turn.conversation = conversation
         elif kind == "chat.delta":
             if turn.first_token_ms is None:
                 turn.first_token_ms = elapsed
+            text = answer.get("text") or ""
             turn.deltas += 1
-            turn.chars += len(answer.get("text") or "")
+            turn.chars += len(text)
+            parts.append(text)
         elif kind in ("chat.completed", "chat.error"):
             turn.total_ms = elapsed
+            turn.text = "".join(parts)
             if kind == "chat.completed":
                 turn.code = str(answer.get("status"))
                 turn.ok = turn.code == "complete"
                 turn.cached = bool(answer.get("cached"))
+                turn.message = answer.get("message")
             else:
                 turn.code = str(answer.get("code"))
             return conversation

@@ -29,6 +29,13 @@ PARTS = ["Load ", "tests ", "measure ", "the ", "server."]
 # load-test users' names repeat, so the tests send "cache": false (--no-cache).
 
 
+@pytest.fixture(autouse=True)
+def _packaged_prompts_by_default(monkeypatch):
+    """The tests name their corpus: no $MPAI_LOADTEST_CORPUS nor the shared corpus."""
+    monkeypatch.delenv(loadtest.CORPUS_ENV, raising=False)
+    monkeypatch.setattr(loadtest, "default_corpus", lambda: None)
+
+
 def test_all_turns_succeed_and_the_report_has_percentiles(e2e_server, fake_openai):
     fake_openai.stream_reply(PARTS)
     buf = io.StringIO()
@@ -287,12 +294,15 @@ def test_bad_new_options_are_refused(option, message):
         call_command("mpai_loadtest", *option, stdout=io.StringIO())
 
 
-def test_without_psutil_the_command_names_the_loadtest_extra(monkeypatch):
+@pytest.mark.parametrize("missing", ["psutil", "websockets"])
+def test_without_a_client_library_the_command_names_the_loadtest_extra(monkeypatch, missing):
     import mpai
 
     monkeypatch.delitem(sys.modules, "mpai.loadtest", raising=False)
     monkeypatch.delattr(mpai, "loadtest", raising=False)
-    monkeypatch.setitem(sys.modules, "psutil", None)
+    for name in [m for m in sys.modules if m == missing or m.startswith(missing + ".")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, missing, None)
     with pytest.raises(CommandError, match=re.escape('pip install "mpai[loadtest]"')):
         call_command("mpai_loadtest", "--users", "1", "--messages", "1")
 
@@ -391,3 +401,325 @@ def test_overloaded_turns_get_their_own_latency_row(one_stream_server, fake_open
     n, median, *_ = _row(out, "overloaded")
     assert n == 2
     assert median >= 0
+
+
+# --- recorded conversations, --duration and the persistence check ----------------------
+
+CONVERSATIONS = [
+    {
+        "id": "a",
+        "source": "oasst1:a",
+        "license": "Apache-2.0",
+        "turns": [
+            {"role": "user", "content": "A1: what is a websocket?"},
+            {"role": "assistant", "content": "A full-duplex channel."},
+            {"role": "user", "content": "A2: and a stream?"},
+            {"role": "assistant", "content": "A sequence of deltas."},
+            {"role": "user", "content": "A3: thanks"},
+            {"role": "assistant", "content": "You are welcome."},
+        ],
+    },
+    {"id": "x", "source": "hh-rlhf:x", "turns": [{"role": "user", "content": "red team"}]},
+    {
+        "id": "b",
+        "source": "arena-hard-auto:b",
+        "license": "Apache-2.0",
+        "turns": [
+            {"role": "user", "content": "B1: sort a list in Python"},
+            {"role": "assistant", "content": "sorted(xs)"},
+            {"role": "user", "content": "B2: in reverse?"},
+            {"role": "assistant", "content": "sorted(xs, reverse=True)"},
+        ],
+    },
+]
+
+
+def _write_corpus(path, records):
+    path.write_text("\n".join(json.dumps(r) for r in records) + "\n", encoding="utf-8")
+    return path
+
+
+def test_conversations_keep_their_user_turns_in_order_and_skip_what_the_server_refuses(
+    tmp_path,
+):
+    records = [
+        *CONVERSATIONS,
+        {"source": "oasst1:c", "turns": [{"role": "user", "content": "bad \x00 char"}]},
+        {"source": "oasst1:d", "turns": []},
+        # A branch of "a" with other assistant turns: the same user turns, kept once.
+        {**CONVERSATIONS[0], "id": "a2"},
+        {
+            "source": "oasst1:e",
+            "turns": [
+                {"role": "user", "content": "   "},
+                {"role": "user", "content": "E2: kept"},
+            ],
+        },
+    ]
+    corpus = _write_corpus(tmp_path / "conversations.jsonl", records)
+    assert loadtest.load_conversations(corpus) == [
+        ["A1: what is a websocket?", "A2: and a stream?", "A3: thanks"],
+        ["B1: sort a list in Python", "B2: in reverse?"],
+        ["E2: kept"],
+    ]
+    # The flat prompts of the same file, in file order.
+    assert loadtest.load_prompts(corpus)[:4] == [
+        "A1: what is a websocket?",
+        "A2: and a stream?",
+        "A3: thanks",
+        "B1: sort a list in Python",
+    ]
+
+
+def test_a_corpus_without_usable_conversations_or_with_a_bad_line_is_refused(tmp_path):
+    only_red_team = _write_corpus(tmp_path / "red.jsonl", [CONVERSATIONS[1]])
+    with pytest.raises(ValueError, match="No usable conversations"):
+        loadtest.load_conversations(only_red_team)
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps(CONVERSATIONS[0]) + "\n{not json\n", encoding="utf-8")
+    with pytest.raises(ValueError, match=r"bad.jsonl:2: not JSON"):
+        loadtest.load_conversations(bad)
+    with pytest.raises(CommandError, match="No usable conversations"):
+        call_command("mpai_loadtest", corpus=str(only_red_team), stdout=io.StringIO())
+
+
+def test_the_default_corpus_is_the_env_var_then_the_shared_file_then_none(
+    tmp_path, monkeypatch, settings
+):
+    monkeypatch.undo()  # the real default_corpus, not the autouse fixture's
+    monkeypatch.delenv(loadtest.CORPUS_ENV, raising=False)
+    settings.BASE_DIR = tmp_path / "project"
+    assert loadtest.default_corpus() is None  # no shared file: the packaged prompts
+    shared = tmp_path / "shared" / "data" / "conversations.jsonl"
+    shared.parent.mkdir(parents=True)
+    _write_corpus(shared, CONVERSATIONS)
+    assert loadtest.default_corpus() == shared
+    named = _write_corpus(tmp_path / "mine.jsonl", CONVERSATIONS[:1])
+    monkeypatch.setenv(loadtest.CORPUS_ENV, str(named))
+    assert loadtest.default_corpus() == named
+
+
+def test_clients_replay_conversations_in_stride_and_packaged_prompts_in_one():
+    conversations = [["a1", "a2", "a3"], ["b1", "b2"], ["c1"]]
+    config = loadtest.LoadTestConfig(
+        url="ws://x/", users=2, messages=4, prompts=[], conversations=conversations
+    )
+    first = loadtest._script(config, 1)
+    assert [next(first) for _ in range(5)] == [
+        ("a1", True),
+        ("a2", False),
+        ("a3", False),
+        ("c1", True),  # conversation 0 + 1 x 2 users
+        ("b1", True),  # 0 + 2 x 2 = 4, mod 3
+    ]
+    second = loadtest._script(config, 2)
+    assert [next(second) for _ in range(3)] == [("b1", True), ("b2", False), ("a1", True)]
+    packaged = loadtest.LoadTestConfig(url="ws://x/", users=2, messages=2, prompts=["p", "q", "r"])
+    assert [next(loadtest._script(packaged, 2)) for _ in range(1)] == [("r", True)]
+    script = loadtest._script(packaged, 2)
+    assert [next(script) for _ in range(3)] == [("r", True), ("p", False), ("q", False)]
+
+
+def test_the_persistence_lines_count_mismatches_by_kind():
+    check = loadtest.PersistenceCheck(
+        checked=5,
+        mismatches=[
+            (loadtest.MISSING, 7),
+            (loadtest.OTHER_TEXT, 9),
+            (loadtest.MISSING, None),
+            (loadtest.OTHER_STATUS, 3),
+        ],
+    )
+    assert check.lines() == [
+        "persistence: 1 of 5 replies saved as streamed",
+        "  missing: 2 (messages 7, None)",
+        "  other status: 1 (messages 3)",
+        "  other text: 1 (messages 9)",
+    ]
+    assert loadtest.PersistenceCheck(checked=3).lines() == [
+        "persistence: 3 of 3 replies saved as streamed"
+    ]
+
+
+@pytest.fixture(scope="module")
+def unlimited_server(django_db_setup, redis_server, fake_openai_url):
+    """The demo server with the rate limit raised, for many turns per load-test user."""
+    server = AsgiServer(
+        {
+            **server_env(redis_server.url, fake_openai_url),
+            "DJANGO_SETTINGS_MODULE": "tests.e2e_settings",
+            "MPAI_TEST_SETTINGS": json.dumps(
+                {"RATE_LIMIT": {"CAPACITY": 100_000, "REFILL_RATE": 10_000}}
+            ),
+        }
+    )
+    server.start()
+    yield server
+    server.stop()
+
+
+def _turns_by_user(username):
+    """A load-test user's messages, oldest first: (conversation id, role, content)."""
+    return list(
+        Message.objects.filter(owner__username=username)
+        .order_by("pk")
+        .values_list("conversation_id", "role", "content")
+    )
+
+
+def test_recorded_conversations_are_replayed_turn_by_turn(
+    unlimited_server, fake_openai, tmp_path, monkeypatch
+):
+    fake_openai.stream_reply(PARTS)
+    corpus = _write_corpus(tmp_path / "conversations.jsonl", CONVERSATIONS)
+    monkeypatch.setattr(loadtest, "default_corpus", lambda: corpus)  # no --corpus
+    buf = io.StringIO()
+    call_command(
+        "mpai_loadtest",
+        url=unlimited_server.ws_url,
+        users=2,
+        messages=5,
+        no_cache=True,
+        fail_on_error=True,
+        stdout=buf,
+    )
+    out = buf.getvalue()
+    assert "turns: 10 ok, 0 failed (of 10)" in out, out
+    assert f"prompts: 2 recorded conversations from {corpus}, replayed turn by turn " in out
+    assert "(5 mpai conversations)" in out
+    assert "persistence: 10 of 10 replies saved as streamed" in out
+    reply = "".join(PARTS)
+    # Client 1 replays "a" (3 turns), then "a" again (conversation 0 + 1 x 2 users, mod 2);
+    # client 2 replays "b" three times; each replay is one new mpai conversation.
+    expected = {
+        "mpai-load-1": [["A1", "A2", "A3"], ["A1", "A2"]],
+        "mpai-load-2": [["B1", "B2"], ["B1", "B2"], ["B1"]],
+    }
+    for username, replays in expected.items():
+        rows = _turns_by_user(username)
+        conversations = list(dict.fromkeys(c for c, _, _ in rows))
+        assert len(conversations) == len(replays), rows
+        for conversation, prefixes in zip(conversations, replays, strict=True):
+            mine = [(role, text) for c, role, text in rows if c == conversation]
+            assert [role for role, _ in mine] == ["user", "assistant"] * len(prefixes)
+            assert [text.split(":")[0] for role, text in mine if role == "user"] == prefixes
+            assert all(text == reply for role, text in mine if role == "assistant")
+    # The provider saw each conversation's history grow turn by turn.
+    histories = [
+        [m["content"] for m in r["messages"] if m["role"] == "user"] for r in fake_openai.requests
+    ]
+    assert ["A1: what is a websocket?", "A2: and a stream?", "A3: thanks"] in [
+        [text for text in h if text.startswith("A")] for h in histories
+    ]
+
+
+@pytest.mark.slow
+def test_duration_keeps_each_client_sending_until_the_time_is_up(
+    unlimited_server, fake_openai, tmp_path
+):
+    fake_openai.stream_reply(PARTS)
+    corpus = _write_corpus(tmp_path / "conversations.jsonl", CONVERSATIONS)
+    buf = io.StringIO()
+    call_command(
+        "mpai_loadtest",
+        url=unlimited_server.ws_url,
+        users=2,
+        duration=1.5,
+        think_ms=100,
+        corpus=str(corpus),
+        no_cache=True,
+        no_progress=True,
+        stdout=buf,
+    )
+    out = buf.getvalue()  # the command returned: the clients stopped
+    assert "2 users for 1.5 s, think 100 ms" in out, out
+    ok = int(_number(out, r"^turns: (\d+) ok, 0 failed \(of \d+\)$"))
+    assert ok >= 2
+    assert f"persistence: {ok} of {ok} replies saved as streamed" in out
+    for username in ("mpai-load-1", "mpai-load-2"):
+        assert Message.objects.filter(owner__username=username, role="assistant").count() >= 1
+    assert Message.objects.filter(role="assistant").count() == ok
+    assert float(_number(out, r"^wall time: ([\d.]+) s")) >= 1.5
+
+
+def test_messages_and_duration_are_mutually_exclusive():
+    with pytest.raises(CommandError, match="mutually exclusive"):
+        call_command("mpai_loadtest", messages=2, duration=5, stdout=io.StringIO())
+    with pytest.raises(CommandError, match="--duration must be positive"):
+        call_command("mpai_loadtest", duration=0, stdout=io.StringIO())
+
+
+def test_the_persistence_check_reports_replies_not_saved_as_streamed(
+    unlimited_server, fake_openai, monkeypatch
+):
+    fake_openai.stream_reply(PARTS)
+    real_check = loadtest.check_persistence
+    altered: list[int] = []
+
+    def alter_then_check(turns):
+        # Between the run and the check: change one reply, mark one failed, drop one.
+        turns = list(turns)
+        ids = [t.message for t in turns if t.ok]
+        Message.objects.filter(pk=ids[0]).update(content="something else")
+        Message.objects.filter(pk=ids[1]).update(status=Message.Status.ERROR)
+        Message.objects.filter(pk=ids[2]).delete()
+        altered.extend(ids[:3])
+        return real_check(turns)
+
+    monkeypatch.setattr(loadtest, "check_persistence", alter_then_check)
+    buf = io.StringIO()
+    with pytest.raises(CommandError, match=r"3 of 4 replies not saved as streamed"):
+        call_command(
+            "mpai_loadtest",
+            url=unlimited_server.ws_url,
+            users=2,
+            messages=2,
+            no_cache=True,
+            fail_on_error=True,
+            stdout=buf,
+        )
+    out = buf.getvalue()
+    assert "turns: 4 ok, 0 failed (of 4)" in out, out
+    assert "persistence: 1 of 4 replies saved as streamed" in out
+    assert f"  missing: 1 (messages {altered[2]})" in out
+    assert f"  other status: 1 (messages {altered[1]})" in out
+    assert f"  other text: 1 (messages {altered[0]})" in out
+
+
+class _Terminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+@pytest.mark.parametrize("no_progress", [False, True])
+def test_the_progress_bar_counts_turns_on_a_terminals_stderr(
+    unlimited_server, fake_openai, no_progress
+):
+    fake_openai.stream_reply(PARTS)
+    err = _Terminal()
+    call_command(
+        "mpai_loadtest",
+        url=unlimited_server.ws_url,
+        users=2,
+        messages=2,
+        no_cache=True,
+        no_progress=no_progress,
+        stdout=io.StringIO(),
+        stderr=err,
+    )
+    if no_progress:
+        assert err.getvalue() == ""
+    else:
+        # Redrawn at most every 0.1 s and cleared at the end (leave=False).
+        assert re.search(r"\rturns: +\d+%\|.*\| \d/4 \[", err.getvalue()), err.getvalue()
+    plain = io.StringIO()  # not a terminal: no bar
+    call_command(
+        "mpai_loadtest",
+        url=unlimited_server.ws_url,
+        users=1,
+        messages=1,
+        no_cache=True,
+        stdout=io.StringIO(),
+        stderr=plain,
+    )
+    assert plain.getvalue() == ""

@@ -22,8 +22,9 @@ from mpai.api.auth import AuthenticateHeaderMixin
 from mpai.api.parsers import BoundedJSONParser
 from mpai.chat.capacity import stream_slots
 from mpai.chat.pipeline import ChatPipeline
-from mpai.exceptions import MpaiError
+from mpai.exceptions import MpaiError, RateLimited
 from mpai.frames import completed_fields
+from mpai.metrics import prometheus as metrics
 
 
 class ChatRequestSerializer(serializers.Serializer):
@@ -61,6 +62,7 @@ class ChatView(AuthenticateHeaderMixin, APIView):
             slot = stream_slots().acquire()
         except MpaiError as exc:
             return error_response(exc)
+        metrics.turn_started()
         try:
             with slot:
                 result = pipeline.complete(
@@ -72,7 +74,11 @@ class ChatView(AuthenticateHeaderMixin, APIView):
                     use_cache=data["cache"],
                 )
         except MpaiError as exc:
+            if isinstance(exc, RateLimited):
+                metrics.rate_limited()
             return error_response(exc)
+        finally:
+            metrics.turn_ended()
         if result.error is not None:
             return error_response(result.error, message_id=result.partial_message_id)
         return Response(

@@ -39,7 +39,7 @@ from django.core.management import call_command
 from django.db import DEFAULT_DB_ALIAS, connections
 
 from mpai.benchmarks import Writer, default_redis_url
-from mpai.benchmarks._stats import nearest_rank
+from mpai.benchmarks._stats import nearest_rank, summary_row
 
 DEFAULT_ITERATIONS = 2000
 WARMUP = 50
@@ -142,8 +142,10 @@ class _Bench:
         return result
 
 
-def run(stdout: Writer, options: Mapping[str, Any]) -> None:
-    """Run the cache benchmark and write the report to ``stdout``.
+def run(stdout: Writer, options: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Run the cache benchmark, write the report to ``stdout`` and return one
+    :func:`~mpai.benchmarks._stats.summary_row` per operation and for the coherence
+    latency (µs).
 
     Args:
         options: ``redis_url`` (str or None, see :func:`default_redis_url`),
@@ -177,9 +179,13 @@ def run(stdout: Writer, options: Mapping[str, Any]) -> None:
         redis_cache.client.get_client().ping()  # fail loudly before measuring
         if not layered.wait_ready(5.0):
             stdout.write("warning: the invalidation listener did not connect within 5 s\n")
-        figures = _measure(layered, locmem, redis_cache, db_cache, iterations)
+        bench = _measure(layered, locmem, redis_cache, db_cache, iterations)
         coherence = _measure_coherence(redis_url, prefix, max(20, min(200, iterations // 10)))
-        _report(stdout, figures, coherence, iterations, redis_url, database, layered)
+        _report(stdout, bench.figures(), coherence, iterations, redis_url, database, layered)
+        rows = [summary_row("cache", name, values) for name, values in bench.samples.items()]
+        if coherence:
+            rows.append(summary_row("cache", "coherence (set here to peer L1)", coherence))
+        return rows
     finally:
         discard_stack(stack)
         with connections[database].cursor() as cursor:
@@ -194,7 +200,7 @@ def run(stdout: Writer, options: Mapping[str, Any]) -> None:
 
 def _measure(
     layered: Any, locmem: LocMemCache, redis_cache: Any, db_cache: DatabaseCache, iterations: int
-) -> dict[str, tuple[float, float]]:
+) -> _Bench:
     stack = layered.stack
     redis_layer = next(layer for layer in stack.layers if layer.name == "redis")
     for cache in (layered, locmem, redis_cache, db_cache):
@@ -232,7 +238,7 @@ def _measure(
         bench.run(iterations)
     finally:
         gc.enable()
-    return bench.figures()
+    return bench
 
 
 def _measure_coherence(redis_url: str, prefix: str, trials: int) -> list[float]:

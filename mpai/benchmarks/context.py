@@ -20,7 +20,7 @@ from types import SimpleNamespace
 from typing import Any
 
 from mpai.benchmarks import Writer
-from mpai.benchmarks._stats import median_p99, time_us
+from mpai.benchmarks._stats import median_p99, summary_row, time_us
 from mpai.chat.context import ContextBuilder, ContextRequest, budget_tokens
 from mpai.chat.profile import delete_user_profile, store_user_profile
 from mpai.chat.tokens import estimate_tokens
@@ -43,8 +43,10 @@ def conversation(long: bool) -> list[dict[str, str]]:
     return messages
 
 
-def run(stdout: Writer, options: Mapping[str, Any]) -> None:
-    """Print median and p99 (µs) of ``ContextBuilder.build`` for both shapes."""
+def run(stdout: Writer, options: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Print median and p99 (µs) of ``ContextBuilder.build`` for both shapes; return one
+    :func:`~mpai.benchmarks._stats.summary_row` per shape (µs)."""
+    rows = []
     iterations = int(options.get("iterations") or DEFAULT_ITERATIONS)
     user = SimpleNamespace(pk=f"bench-{uuid.uuid4().hex}")
     store_user_profile(user, {"username": "bench", "name": "Bench User"})
@@ -77,5 +79,7 @@ def run(stdout: Writer, options: Mapping[str, Any]) -> None:
             median, p99 = median_p99(samples)
             kept = len(context.messages) - 2
             stdout.write(f"{label:<28}{median:>10.1f}{p99:>10.1f}{context.tokens:>9}{kept:>14}\n")
+            rows.append(summary_row("context", label, samples))
     finally:
         delete_user_profile(user)
+    return rows

@@ -25,7 +25,7 @@ from typing import Any
 from redis import Redis
 
 from mpai.benchmarks import Writer, default_redis_url
-from mpai.benchmarks._stats import nearest_rank
+from mpai.benchmarks._stats import nearest_rank, summary_row
 from mpai.chat.ratelimit.redis_bucket import RedisTokenBucket
 
 DEFAULT_ITERATIONS = 5000
@@ -38,8 +38,9 @@ def _time_us(call: Callable[[], object]) -> float:
     return (time.perf_counter_ns() - start) / 1000
 
 
-def run(stdout: Writer, options: Mapping[str, Any]) -> None:
-    """Measure the rate-limit check and print median and p99 in microseconds.
+def run(stdout: Writer, options: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Measure the rate-limit check and print median and p99 in microseconds; return one
+    :func:`~mpai.benchmarks._stats.summary_row` per operation (µs).
 
     Args:
         stdout: where the table goes (a management command's ``self.stdout`` or a file).
@@ -101,3 +102,4 @@ def run(stdout: Writer, options: Mapping[str, Any]) -> None:
     )
     if fail_open:
         stdout.write("warning: the limiter failed open during the run; figures are not valid\n")
+    return [summary_row("ratelimit", name, values) for name, values in figures.items()]

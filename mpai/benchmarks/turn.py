@@ -37,7 +37,7 @@ from django.db import connection
 from django.test.utils import override_settings
 
 from mpai.benchmarks import Writer
-from mpai.benchmarks._stats import median_p99, nearest_rank
+from mpai.benchmarks._stats import median_p99, nearest_rank, summary_row
 from mpai.chat.pipeline import ChatPipeline
 from mpai.chat.turns import Delta
 from mpai.providers import ChatRequest
@@ -208,8 +208,9 @@ def _send_json_floor(iterations: int) -> list[float]:
     return sorted(asyncio.run(measure()))
 
 
-def run(stdout: Writer, options: Mapping[str, Any]) -> None:
-    """Print the figures of the module docstring, and their ratios."""
+def run(stdout: Writer, options: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Print the figures of the module docstring, and their ratios; return one
+    :func:`~mpai.benchmarks._stats.summary_row` per µs figure of the table."""
     iterations = int(options.get("iterations") or DEFAULT_ITERATIONS)
     mpai_options = {**getattr(settings, "MPAI", {}), "RATE_LIMIT": {"ENABLED": False}}
     provider = _provider()
@@ -286,3 +287,4 @@ def run(stdout: Writer, options: Mapping[str, Any]) -> None:
         f"{statements}; delta frames per relayed turn (merged) median "
         f"{sorted(delta_frames)[len(delta_frames) // 2]} of {DELTAS} deltas\n"
     )
+    return [summary_row("turn", name, samples) for name, samples in rows]

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import json
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,12 +17,25 @@ from mpai.benchmarks import default_redis_url, suite_names
 pytestmark = pytest.mark.django_db
 
 
-def test_the_cache_suite_reports_every_operation_and_ratio(redis_db: str) -> None:
+def test_the_cache_suite_reports_every_operation_and_ratio(redis_db: str, tmp_path: Path) -> None:
     out = io.StringIO()
+    rows_file = tmp_path / "rows.json"
     call_command(
-        "mpai_benchmark", "cache", "--iterations", "40", "--redis-url", redis_db, stdout=out
+        "mpai_benchmark",
+        "cache",
+        "--iterations",
+        "40",
+        "--redis-url",
+        redis_db,
+        "--json",
+        str(rows_file),
+        stdout=out,
     )
     report = out.getvalue()
+    rows = {row["operation"]: row for row in json.loads(rows_file.read_text())}
+    assert {row["suite"] for row in rows.values()} == {"cache"}
+    assert rows["layered L1 hit"]["n"] == 40
+    assert "coherence (set here to peer L1)" in rows
     for operation in (
         "layered L1 hit",
         "layered L2 hit",
@@ -43,8 +58,16 @@ def test_the_cache_suite_reports_every_operation_and_ratio(redis_db: str) -> Non
     assert not [name for name in connection.introspection.table_names() if "mpai_bench" in name]
 
 
+def test_the_ratelimit_suite_returns_its_rows(redis_db: str) -> None:
+    from mpai.benchmarks import ratelimit
+
+    rows = ratelimit.run(io.StringIO(), {"redis_url": redis_db, "iterations": 20})
+    assert [row["operation"] for row in rows] == ["PING", "check (allowed)", "check (rejected)"]
+    assert all(row["min"] <= row["p50"] <= row["p99"] <= row["max"] for row in rows)
+
+
 def test_suites_are_the_modules_of_the_package() -> None:
-    assert "cache" in suite_names()
+    assert {"cache", "context", "ops", "ratelimit", "turn"} <= set(suite_names())
 
 
 def test_default_redis_url(settings: Any, monkeypatch: Any) -> None:
