@@ -42,3 +42,11 @@ class MpaiConfig(AppConfig):
         from mpai.metrics import receivers
 
         receivers.connect()
+
+        # Per-stage memory deltas (MPAI["MEMORY_PROFILING"], read on each signal) and,
+        # when OpenTelemetry is installed, one span per turn (MPAI["TRACING"]); without
+        # it nothing is connected and opentelemetry is never imported.
+        from mpai.metrics import memory, tracing
+
+        memory.connect_memory_receivers()
+        tracing.connect_tracing()

@@ -191,6 +191,13 @@ DEFAULTS: dict[str, Any] = {
     # Redis URL of the per-minute figures. None: RATE_LIMIT["REDIS_URL"] if set, else
     # the database (mpai.models.MetricBucket); "" forces the database.
     "METRICS_REDIS_URL": None,
+    # OpenTelemetry spans of each turn (mpai.metrics.tracing, the mpai[otel] extra):
+    # True = whenever opentelemetry is installed and the site configured a
+    # TracerProvider; False emits none (read on each turn).
+    "TRACING": True,
+    # Per-stage changes of the process's resident memory (KiB) in each turn's metrics
+    # record, TurnRecord.memory_kib (mpai.metrics.memory; read on each signal).
+    "MEMORY_PROFILING": False,
 }
 
 #: Dict-valued options a site's dict is merged over, key by key: reading one returns

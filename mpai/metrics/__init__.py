@@ -1,10 +1,12 @@
-"""Turn metrics: per-minute histograms of each stage's duration, merged on read.
+"""Turn metrics: per-minute and per-hour histograms of each stage's duration, merged on
+read.
 
 Every finished turn (``mpai.signals.request_complete``) is recorded off the streaming
-thread (:mod:`mpai.metrics.receivers`) into per-minute buckets (:mod:`mpai.metrics.storage`:
-Redis when configured, else the database) as counts of a fixed log-spaced histogram
-(:mod:`mpai.metrics.histogram`). Counts add, so :func:`summary` is right across any
-number of processes: it sums the minutes of its window and reads percentiles off the sum.
+thread (:mod:`mpai.metrics.receivers`) into per-minute and per-hour buckets
+(:mod:`mpai.metrics.storage`: Redis when configured, else the database) as counts of a
+fixed log-spaced histogram (:mod:`mpai.metrics.histogram`). Counts add, so
+:func:`summary` is right across any number of processes: it sums the whole hours of its
+window and the minutes at its edges, and reads percentiles off the sum.
 The last turn: :func:`mpai.metrics.storage.last_turn`.
 
 This module imports no Django model at import time.
@@ -34,7 +36,9 @@ def summary(window: str = "1h", *, now: float | None = None) -> dict[str, Any]:
 
     Percentiles are in ms (None when the stage has no count), within
     ``mpai.metrics.histogram.MAX_RELATIVE_ERROR`` (about 9 %) of the true
-    nearest-rank percentile. ``now`` (s, ``time.time()``) is for tests.
+    nearest-rank percentile. ``now`` (s, ``time.time()``) is for tests. A window reads
+    at most 168 hour and 60 minute buckets per stage (``"7d"``), see
+    :func:`mpai.metrics.storage.plan`.
 
     Raises:
         ValueError: an unknown ``window``.

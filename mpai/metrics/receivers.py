@@ -20,6 +20,7 @@ from collections.abc import Callable
 from typing import Any
 
 from mpai.conf import mpai_settings
+from mpai.metrics import memory
 from mpai.metrics.record import STAGES, TurnRecord
 
 logger = logging.getLogger("mpai.metrics")
@@ -44,9 +45,15 @@ def outcome_of(status: str, error_code: str | None) -> str:
 
 
 def record_of(
-    *, trace: Any, message: Any, status: str, error_code: str | None, timings_ms: dict[str, float]
+    *,
+    trace: Any,
+    message: Any,
+    status: str,
+    error_code: str | None,
+    timings_ms: dict[str, float],
+    memory_kib: dict[str, float] | None = None,
 ) -> TurnRecord:
-    """Build the TurnRecord of one ``request_complete`` (timings in ms, ended now)."""
+    """Build the TurnRecord of one ``request_complete`` (timings in ms, memory in KiB)."""
     return TurnRecord(
         timings_ms={
             stage: float(timings_ms[stage]) for stage in STAGES if stage in (timings_ms or {})
@@ -58,6 +65,7 @@ def record_of(
         input_tokens=getattr(message, "prompt_tokens", None),
         output_tokens=getattr(message, "completion_tokens", None),
         ended_at=time.time(),
+        memory_kib=dict(memory_kib or {}),
     )
 
 
@@ -70,7 +78,18 @@ def on_request_complete(
     timings_ms: dict[str, float],
     **kwargs: Any,
 ) -> None:
-    """Receiver of ``request_complete``: queue the turn's record (never blocks)."""
+    """Receiver of ``request_complete``: queue the turn's record (never blocks).
+
+    While ``MPAI["MEMORY_PROFILING"]``, the turn's memory deltas (KiB,
+    :mod:`mpai.metrics.memory`) go in ``memory_kib``; its samples are dropped even when
+    metrics are off.
+    """
+    memory_kib: dict[str, float] = {}
+    if mpai_settings.MEMORY_PROFILING:
+        try:
+            memory_kib = memory.finish(trace)
+        except Exception:
+            logger.exception("mpai metrics: could not read the turn's memory deltas")
     if not mpai_settings.METRICS_ENABLED:
         return
     try:
@@ -80,6 +99,7 @@ def on_request_complete(
             status=status,
             error_code=error_code,
             timings_ms=timings_ms,
+            memory_kib=memory_kib,
         )
     except Exception:
         logger.exception("mpai metrics: could not build the turn record")

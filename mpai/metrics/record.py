@@ -25,6 +25,8 @@ class TurnRecord:
         replayed: the turn replayed an earlier exchange (a resend).
         input_tokens / output_tokens: the provider's usage, or None when not sent.
         ended_at: wall-clock seconds (``time.time()``) when the turn ended.
+        memory_kib: stage → change of the process's resident memory in KiB, while
+            ``MPAI["MEMORY_PROFILING"]`` (keys in :mod:`mpai.metrics.memory`); else empty.
     """
 
     timings_ms: dict[str, float]

@@ -1,6 +1,8 @@
-"""Per-minute storage of turn figures: in Redis when configured, else in the database.
+"""Per-minute and per-hour storage of turn figures: in Redis when configured, else in
+the database.
 
-What one turn adds to its minute (``minute = int(ended_at // 60)``, Unix minutes):
+What one turn adds to its minute (``minute = int(ended_at // 60)``, Unix minutes) and,
+the same again, to its hour (``hour = minute // 60``, Unix hours; the roll-up):
 
 - per stage of :data:`mpai.metrics.record.STAGES`: one count in the bucket of
   :mod:`mpai.metrics.histogram` its duration (ms) falls in;
@@ -12,18 +14,26 @@ Redis (``MPAI["METRICS_REDIS_URL"]``, else ``RATE_LIMIT["REDIS_URL"]``): hashes
 - ``mpai:metrics:h:<minute>:<stage>``: bucket index → count (``HINCRBY``);
 - ``mpai:metrics:c:<minute>``: ``turns``, ``outcome:<outcome>``, ``cached``,
   ``replayed``, ``input_tokens``, ``output_tokens`` → count or sum;
+- ``mpai:metrics:hh:<hour>:<stage>`` and ``mpai:metrics:hc:<hour>``: the same per hour;
 - ``mpai:metrics:last``: the last turn, JSON;
 
-all written in one pipelined round trip per turn (``transaction=False``), each key
-given a 7-day ``EXPIRE`` in the same pipeline. Counts add, so any number of
-processes write the same keys and a reader sums them (HINCRBY is atomic).
+all written in one pipelined round trip per turn (``transaction=False``), each minute
+key given a 7-day ``EXPIRE`` and each hour key 7 days + 1 hour in the same pipeline.
+Counts add, so any number of processes write the same keys and a reader sums them
+(HINCRBY is atomic).
 
 Database (the embedded default): rows of :class:`mpai.models.MetricBucket`
 ``(minute, stage, bucket) → count``, counters as stage ``#turns``, ``#outcome:<x>``…
-with bucket 0; written in one ``INSERT … ON CONFLICT DO UPDATE SET count = count +
-excluded.count`` statement per turn (PostgreSQL, SQLite), so concurrent writers never
-lose a count. Rows older than 7 days are deleted now and then by the writer. The last
-turn is kept in this process's memory.
+with bucket 0; an hour's rows have ``minute`` = the hour's first minute and the stage
+prefixed with ``@`` (``@total``, ``@#turns``…). Written in one ``INSERT … ON CONFLICT
+DO UPDATE SET count = count + excluded.count`` statement per turn (PostgreSQL, SQLite),
+minute and hour rows together, so concurrent writers never lose a count. Rows older
+than 7 days are deleted now and then by the writer. The last turn is kept in this
+process's memory.
+
+Reading a window (:func:`read`) takes its whole hours from the hour figures and only
+the minutes at its edges not covered by a whole hour from the minute figures
+(:func:`plan`): a 7-day window reads at most 168 hours and 60 minutes.
 
 Recording never raises: a failing store loses that turn's figures (logged at most
 once a minute), never a reply.
@@ -48,12 +58,16 @@ logger = logging.getLogger("mpai.metrics")
 KEY_PREFIX = "mpai:metrics:"
 #: Lifetime of the per-minute figures (s): 7 days.
 RETENTION_SECONDS = 7 * 24 * 3600
+#: Lifetime of the per-hour figures (s): 7 days + 1 hour, so an hour outlives its minutes.
+HOUR_RETENTION_SECONDS = RETENTION_SECONDS + 3600
 #: Connect and read timeouts (s) of the metrics Redis client: an outage fails fast.
 REDIS_TIMEOUT = 0.5
 #: Seconds between two log lines about a failing store.
 ERROR_LOG_INTERVAL = 60.0
 #: Prefix of the counter rows' stage in the database (never a stage name).
 COUNTER = "#"
+#: Prefix of the hour rows' stage in the database (before ``COUNTER`` on counters).
+HOUR = "@"
 
 _lock = threading.Lock()
 _clients: dict[str, Any] = {}
@@ -66,6 +80,29 @@ failures = 0
 def minute_of(ended_at: float) -> int:
     """Return the Unix minute (``int(seconds // 60)``) of a wall-clock time in s."""
     return int(ended_at // 60)
+
+
+def hour_of(minute: int) -> int:
+    """Return the Unix hour (``minute // 60``) of a Unix minute."""
+    return minute // 60
+
+
+def plan(first_minute: int, last_minute: int) -> tuple[range, list[int]]:
+    """Split the minutes ``first_minute .. last_minute`` (inclusive) into (the Unix
+    hours wholly inside them, the minutes left at the edges).
+
+    Every minute of the span is in exactly one of the hours or the edge minutes, so
+    summing both counts every turn once. The edges hold at most 59 minutes each and
+    at most 60 together when the span is a whole number of hours; a span shorter than
+    an hour, or one with no whole hour, is all edge minutes.
+    """
+    first_hour = -(-first_minute // 60)  # the first hour starting at or after first
+    end_hour = (last_minute + 1) // 60  # hours before it end at or before last
+    if first_hour >= end_hour:
+        return range(0), list(range(first_minute, last_minute + 1))
+    edges = list(range(first_minute, first_hour * 60))
+    edges += range(end_hour * 60, last_minute + 1)
+    return range(first_hour, end_hour), edges
 
 
 def counters_of(record: TurnRecord) -> dict[str, int]:
@@ -155,29 +192,38 @@ def record(turn: TurnRecord) -> bool:
 def record_redis(client: Any, turn: TurnRecord) -> None:
     """Write ``turn`` to Redis in one pipelined round trip (see the module docstring)."""
     minute = minute_of(turn.ended_at)
+    buckets, counters = buckets_of(turn), counters_of(turn)
     pipe = client.pipeline(transaction=False)
-    for stage, bucket in buckets_of(turn).items():
-        key = f"{KEY_PREFIX}h:{minute}:{stage}"
-        pipe.hincrby(key, str(bucket), 1)
-        pipe.expire(key, RETENTION_SECONDS)
-    key = f"{KEY_PREFIX}c:{minute}"
-    for name, amount in counters_of(turn).items():
-        pipe.hincrby(key, name, amount)
-    pipe.expire(key, RETENTION_SECONDS)
+    for prefix, span, ttl in (
+        ("", minute, RETENTION_SECONDS),
+        ("h", hour_of(minute), HOUR_RETENTION_SECONDS),
+    ):
+        for stage, bucket in buckets.items():
+            key = f"{KEY_PREFIX}{prefix}h:{span}:{stage}"
+            pipe.hincrby(key, str(bucket), 1)
+            pipe.expire(key, ttl)
+        key = f"{KEY_PREFIX}{prefix}c:{span}"
+        for name, amount in counters.items():
+            pipe.hincrby(key, name, amount)
+        pipe.expire(key, ttl)
     pipe.set(f"{KEY_PREFIX}last", json.dumps(last_turn_of(turn)), ex=RETENTION_SECONDS)
     pipe.execute()
 
 
 def _rows_of(turn: TurnRecord) -> list[tuple[int, str, int, int]]:
     minute = minute_of(turn.ended_at)
-    rows = [(minute, stage, bucket, 1) for stage, bucket in buckets_of(turn).items()]
-    rows += [(minute, COUNTER + name, 0, amount) for name, amount in counters_of(turn).items()]
+    buckets, counters = buckets_of(turn), counters_of(turn)
+    rows: list[tuple[int, str, int, int]] = []
+    for at, prefix in ((minute, ""), (hour_of(minute) * 60, HOUR)):
+        rows += [(at, prefix + stage, bucket, 1) for stage, bucket in buckets.items()]
+        rows += [(at, prefix + COUNTER + name, 0, amount) for name, amount in counters.items()]
     rows.sort()  # one lock order for every writer: concurrent upserts never deadlock
     return rows
 
 
 def record_database(turn: TurnRecord) -> None:
-    """Add ``turn``'s rows to :class:`~mpai.models.MetricBucket` (one statement)."""
+    """Add ``turn``'s minute and hour rows to :class:`~mpai.models.MetricBucket`
+    (one statement on PostgreSQL and SQLite)."""
     from django.db import connection, transaction
     from django.db.models import F
 
@@ -212,7 +258,8 @@ def record_database(turn: TurnRecord) -> None:
 
 
 def _prune_database(now: float) -> None:
-    """Delete rows older than the retention, at most once an hour per process."""
+    """Delete rows older than the retention, at most once an hour per process (an
+    hour's rows go with its first minute: that hour is no longer whole in any window)."""
     global _last_prune
     if now - _last_prune < 3600:
         return
@@ -234,29 +281,32 @@ def last_turn() -> dict[str, Any] | None:
 
 def read(first_minute: int, last_minute: int) -> tuple[dict[str, list[int]], dict[str, int]]:
     """Return (stage → merged histogram counts, counter → sum) over the minutes
-    ``first_minute .. last_minute`` (inclusive), from the configured store."""
+    ``first_minute .. last_minute`` (inclusive), from the configured store: the whole
+    hours from the hour figures, the edge minutes from the minute figures (:func:`plan`)."""
+    hours, minutes = plan(first_minute, last_minute)
     url = redis_url()
     if url:
-        return _read_redis(redis_client(url), first_minute, last_minute)
-    return _read_database(first_minute, last_minute)
+        return _read_redis(redis_client(url), hours, minutes)
+    return _read_database(hours, minutes)
 
 
 def _read_redis(
-    client: Any, first_minute: int, last_minute: int
+    client: Any, hours: range, minutes: list[int]
 ) -> tuple[dict[str, list[int]], dict[str, int]]:
-    minutes = range(first_minute, last_minute + 1)
+    spans = [(f"{KEY_PREFIX}hh:{hour}", f"{KEY_PREFIX}hc:{hour}") for hour in hours]
+    spans += [(f"{KEY_PREFIX}h:{minute}", f"{KEY_PREFIX}c:{minute}") for minute in minutes]
     pipe = client.pipeline(transaction=False)
-    for minute in minutes:
+    for histograms, counts_key in spans:
         for stage in STAGES:
-            pipe.hgetall(f"{KEY_PREFIX}h:{minute}:{stage}")
-        pipe.hgetall(f"{KEY_PREFIX}c:{minute}")
-    replies = iter(pipe.execute())
+            pipe.hgetall(f"{histograms}:{stage}")
+        pipe.hgetall(counts_key)
+    replies = iter(pipe.execute() if spans else [])
     stages = {stage: histogram.empty() for stage in STAGES}
     counters: dict[str, int] = {}
-    for _minute in minutes:
+    for _span in spans:
         for stage in STAGES:
             counts = stages[stage]
-            for index, count in next(replies).items():  # absent minutes: {}
+            for index, count in next(replies).items():  # absent keys: {}
                 if 0 <= int(index) < histogram.BUCKETS:
                     counts[int(index)] += int(count)
         for name, value in next(replies).items():
@@ -265,24 +315,44 @@ def _read_redis(
     return stages, counters
 
 
-def _read_database(
-    first_minute: int, last_minute: int
-) -> tuple[dict[str, list[int]], dict[str, int]]:
-    from django.db.models import Sum
+def _read_database(hours: range, minutes: list[int]) -> tuple[dict[str, list[int]], dict[str, int]]:
+    from django.db.models import Q, Sum
 
     from mpai.models import MetricBucket
 
     stages = {stage: histogram.empty() for stage in STAGES}
     counters: dict[str, int] = {}
+    parts = [Q(minute__in=[hour * 60 for hour in hours], stage__startswith=HOUR)] if hours else []
+    parts += [
+        Q(minute__gte=low, minute__lte=high) & ~Q(stage__startswith=HOUR)
+        for low, high in _runs(minutes)
+    ]
+    if not parts:
+        return stages, counters
+    where = parts[0]
+    for part in parts[1:]:
+        where |= part
     rows = (
-        MetricBucket.objects.filter(minute__gte=first_minute, minute__lte=last_minute)
+        MetricBucket.objects.filter(where)
         .values_list("stage", "bucket")
         .annotate(total=Sum("count"))
     )
-    for stage, bucket, total in rows:
+    for stored, bucket, total in rows:
+        stage = stored.removeprefix(HOUR)
         if stage.startswith(COUNTER):
             name = stage[len(COUNTER) :]
             counters[name] = counters.get(name, 0) + int(total)
         elif stage in stages and 0 <= bucket < histogram.BUCKETS:
             stages[stage][bucket] += int(total)
     return stages, counters
+
+
+def _runs(minutes: list[int]) -> list[tuple[int, int]]:
+    """Return the ascending ``minutes`` as (first, last) runs of consecutive minutes."""
+    runs: list[tuple[int, int]] = []
+    for minute in minutes:
+        if runs and runs[-1][1] == minute - 1:
+            runs[-1] = (runs[-1][0], minute)
+        else:
+            runs.append((minute, minute))
+    return runs

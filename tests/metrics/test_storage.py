@@ -98,15 +98,23 @@ def test_redis_recording_is_one_round_trip_and_expires_in_seven_days(metrics_red
     assert len(sent) == 1  # the whole pipeline, one write on the socket, one reply read
 
     minute = storage.minute_of(NOW)
+    hour = minute // 60
     keys = {key.decode() for key in client.keys("mpai:metrics:*")}
+    hour_keys = {
+        *(f"mpai:metrics:hh:{hour}:{stage}" for stage in STAGES),
+        f"mpai:metrics:hc:{hour}",
+    }
     assert keys == {
         *(f"mpai:metrics:h:{minute}:{stage}" for stage in STAGES),
         f"mpai:metrics:c:{minute}",
         "mpai:metrics:last",
+        *hour_keys,
     }
     for key in keys:
         ttl = client.ttl(key)
-        assert 7 * 24 * 3600 - 60 <= ttl <= 7 * 24 * 3600, (key, ttl)
+        top = 7 * 24 * 3600 + (3600 if key in hour_keys else 0)
+        assert top - 60 <= ttl <= top, (key, ttl)
+    assert client.hgetall(f"mpai:metrics:hc:{hour}") == client.hgetall(f"mpai:metrics:c:{minute}")
     bucket = str(histogram.bucket_index(12.0)).encode()
     assert client.hgetall(f"mpai:metrics:h:{minute}:total") == {bucket: b"1"}
     assert client.hgetall(f"mpai:metrics:c:{minute}") == {
