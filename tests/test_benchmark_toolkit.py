@@ -217,3 +217,20 @@ def test_the_turn_suite_returns_its_rows(tmp_path: Path) -> None:
     assert {row["suite"] for row in rows} == {"turn"}
     assert "mpai turn: per delta" in {row["operation"] for row in rows}
     assert "CPU per turn" in report
+
+
+@pytest.mark.slow
+@pytest.mark.django_db(transaction=True)
+def test_the_memory_suite_reports_rss_growth_and_top_allocations() -> None:
+    import io
+
+    from mpai.benchmarks import memory
+
+    out = io.StringIO()
+    rows = memory.run(out, {"iterations": 300})
+    text = out.getvalue()
+    assert "RSS after   300 turns" in text
+    assert "tracemalloc, top growth" in text
+    names = {row["operation"] for row in rows}
+    assert names == {"rss at the end", "growth per 100 turns"}
+    assert all(row["unit"] == "bytes" and row["n"] == 1 for row in rows)

@@ -106,3 +106,21 @@ def test_a_long_reply_of_tiny_deltas_is_held_as_text_not_as_delta_objects(user) 
         tracemalloc.stop()
     assert Message.objects.get(pk=events.turn.assistant_message.pk).content == reply
     assert held < 10 * len(reply)  # a few copies of the text, not 100,000 objects
+
+
+def test_a_connection_keeps_the_live_memory_of_its_recent_conversations_only(
+    user, monkeypatch
+) -> None:
+    # A connection starting conversation after conversation kept every memory (and
+    # every reply in it) for its whole life (mpai_benchmark memory).
+    from mpai.chat.history import ConversationHistory
+
+    monkeypatch.setattr(ConversationHistory, "max_conversations", 3)
+    pipe = pipeline()
+    ids = [drive(pipe.stream(user=user, content=f"hi {i}")).conversation_id for i in range(5)]
+    assert list(pipe.memories) == ids[-3:]
+    # A dropped conversation comes back from the cached history or the database.
+    again = drive(pipe.stream(user=user, content="and again", conversation_id=ids[0]))
+    assert again.status == "complete"
+    assert list(pipe.memories) == [*ids[-2:], ids[0]]
+    assert [m["content"] for m in pipe.memories[ids[0]].messages][:2] == ["hi 0", REPLY]
