@@ -18,7 +18,6 @@ Run with ``python manage.py mpai_benchmark memory [--iterations N]``.
 
 from __future__ import annotations
 
-import os
 import tracemalloc
 import uuid
 from collections.abc import Mapping
@@ -29,21 +28,12 @@ from django.contrib.auth import get_user_model
 from django.test.utils import override_settings
 
 from mpai.benchmarks import Writer
+from mpai.metrics.memory import resident_bytes
 
 DEFAULT_ITERATIONS = 1000
 WARMUP = 200
 STEP = 100
 REPLY = " ".join(f"word{i}" for i in range(100))
-
-
-def rss_bytes() -> int | None:
-    """Return this process's resident memory in bytes, or None without ``/proc``."""
-    try:
-        with open("/proc/self/statm", encoding="ascii") as statm:
-            pages = int(statm.read().split()[1])
-    except (OSError, ValueError, IndexError):
-        return None
-    return pages * os.sysconf("SC_PAGE_SIZE")
 
 
 def _drive(pipeline: Any, user: Any, count: int) -> None:
@@ -84,7 +74,7 @@ def run(stdout: Writer, options: Mapping[str, Any]) -> list[dict[str, Any]]:
             while done < iterations:
                 _drive(pipeline, user, STEP)
                 done += STEP
-                rss = rss_bytes()
+                rss = resident_bytes()
                 if rss is not None:
                     samples.append((done, rss))
             # Again, traced: what grew between the end of the warm-up and the end.

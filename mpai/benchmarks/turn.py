@@ -188,15 +188,8 @@ def _statements_per_turn(pipeline: ChatPipeline, user: Any) -> int:
 
 
 def _send_json_floor(iterations: int) -> list[float]:
-    from channels.generic.websocket import AsyncJsonWebsocketConsumer
-
     async def measure() -> list[float]:
-        consumer = AsyncJsonWebsocketConsumer()
-
-        async def nothing(message: Any) -> None:
-            return None
-
-        consumer.base_send = nothing
+        consumer = _null_consumer()
         frame = {"type": "chat.delta", "text": "w1 "}
         samples = []
         for _ in range(iterations):

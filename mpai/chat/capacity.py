@@ -123,6 +123,22 @@ class StreamSlots:
         self._refused += 1
         return Overloaded(retry_after=max(1, math.ceil(self.wait_seconds)))
 
+    def _take_or_queue(self, wake: Callable[[], None]) -> Slot | _Waiter:
+        """A free slot, or a place in the queue woken by ``wake`` when one comes free.
+
+        Raises:
+            Overloaded: the queue is full, or nobody may wait.
+        """
+        with self._lock:
+            slot = self._try_take()
+            if slot is not None:
+                return slot
+            if len(self._waiters) >= self.queue_limit or not self.wait_seconds:
+                raise self._refuse()
+            waiter = _Waiter(wake)
+            self._waiters.append(waiter)
+            return waiter
+
     def acquire(self) -> Slot:
         """Take a slot, waiting in this thread if need be.
 
@@ -130,16 +146,11 @@ class StreamSlots:
             Overloaded: no slot came free in ``wait_seconds``, or the queue is full.
         """
         event = threading.Event()
-        with self._lock:
-            slot = self._try_take()
-            if slot is not None:
-                return slot
-            if len(self._waiters) >= self.queue_limit or not self.wait_seconds:
-                raise self._refuse()
-            waiter = _Waiter(event.set)
-            self._waiters.append(waiter)
+        taken = self._take_or_queue(event.set)
+        if isinstance(taken, Slot):
+            return taken
         event.wait(self.wait_seconds)
-        return self._settle(waiter)
+        return self._settle(taken)
 
     async def acquire_async(self) -> Slot:
         """Take a slot, waiting on the running event loop (no thread held).
@@ -157,14 +168,9 @@ class StreamSlots:
             except RuntimeError:  # the loop is closed: nobody takes the slot; pass it on
                 self._release()
 
-        with self._lock:
-            slot = self._try_take()
-            if slot is not None:
-                return slot
-            if len(self._waiters) >= self.queue_limit or not self.wait_seconds:
-                raise self._refuse()
-            waiter = _Waiter(wake)
-            self._waiters.append(waiter)
+        waiter = self._take_or_queue(wake)
+        if isinstance(waiter, Slot):
+            return waiter
         try:
             await asyncio.wait_for(asyncio.shield(future), self.wait_seconds)
         except TimeoutError:
