@@ -317,10 +317,12 @@ class ChatPipeline:
         finish_reason: str | None = None
         usage: Usage | None = None
         error: MpaiError | None = None
+        provider = self.provider
+        trace.provider_name = provider.provider_name
         trace.mark(points.API_REQUEST_SENT)
         send_robust(signals.api_request_sent, trace=trace, request=request, **common)
         try:
-            stream = self.provider.open_stream(request)
+            stream = provider.open_stream(request)
         except MpaiError as exc:
             return "", None, None, exc
         except Exception as exc:

@@ -27,6 +27,8 @@ class Trace:
         marks: point name → ``time.monotonic_ns()`` when it was reached.
         attempts: HTTP requests made to the provider (1 + retries; 0 when cached).
         cached: True when the reply came from the response cache.
+        provider_name: the provider's ``provider_name`` once a request was sent
+            (OpenTelemetry's ``gen_ai.provider.name``), else "".
         replayed: True when the reply is a replay of an earlier send (same client_id).
     """
 
@@ -34,6 +36,7 @@ class Trace:
     marks: dict[str, int] = field(default_factory=dict)
     attempts: int = 0
     cached: bool = False
+    provider_name: str = ""
     replayed: bool = False
 
     def __post_init__(self) -> None:

@@ -44,7 +44,10 @@ to call on every turn or request.
 
 from __future__ import annotations
 
+import logging
 import os
+import threading
+import time
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -57,6 +60,8 @@ from prometheus_client import (
 )
 
 from mpai.metrics.record import STAGES, TurnRecord
+
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "CONTENT_TYPE_LATEST",
@@ -228,6 +233,10 @@ def observe_turn(record: TurnRecord) -> None:
             STAGE_DURATION.labels(stage=stage).observe(max(0.0, value) / 1000.0)
     if _is_provider_error(record.outcome):
         PROVIDER_ERRORS.labels(code=outcome).inc()
+    try:
+        sample_cache_layers()
+    except Exception:  # a cache's stats() failing must not lose the turn's metrics
+        logger.debug("mpai metrics: sampling the cache layers failed", exc_info=True)
 
     if not record.model or record.cached or record.replayed:
         return
@@ -285,10 +294,54 @@ def turn_ended() -> None:
     ACTIVE_TURNS.dec()
 
 
-def cache_request(layer: str, result: str) -> None:
-    """One lookup in cache layer ``layer`` (a fixed name such as ``response``) with
-    ``result`` ``hit`` or ``miss``: ``mpai_cache_requests_total{layer,result}`` += 1."""
-    CACHE_REQUESTS.labels(layer=layer, result=result).inc()
+def cache_request(layer: str, result: str, count: int = 1) -> None:
+    """``count`` lookups in cache layer ``layer`` (a layer name: ``memory``, ``redis``,
+    ``database``) with ``result`` ``hit`` or ``miss``:
+    ``mpai_cache_requests_total{layer,result}`` += count."""
+    if count > 0:
+        CACHE_REQUESTS.labels(layer=layer, result=result).inc(count)
+
+
+#: Seconds between two samples of the layered caches' counters.
+CACHE_SAMPLE_SECONDS = 1.0
+_cache_seen: dict[tuple[str, str, str], int] = {}
+_cache_sampled_at = 0.0
+_cache_lock = threading.Lock()
+
+
+def sample_cache_layers(*, force: bool = False) -> None:
+    """Add what each layered cache counted since the last sample to
+    ``mpai_cache_requests_total`` (at most once per :data:`CACHE_SAMPLE_SECONDS` unless
+    ``force``).
+
+    The cache package knows nothing of metrics: its layers count hits and misses
+    themselves (``LayeredCache.stats()``), and this turns the counts' growth into
+    counter increments. Called after each recorded turn (on the metrics thread) and
+    before each exposition, so the counters are right in multiprocess mode too: every
+    process adds its own growth to its own files. Only caches already in use are read.
+    """
+    global _cache_sampled_at
+    now = time.monotonic()
+    if not force and now - _cache_sampled_at < CACHE_SAMPLE_SECONDS:
+        return
+    from django.core.cache import caches
+
+    from mpai.cache import LayeredCache
+
+    with _cache_lock:
+        _cache_sampled_at = now
+        for cache in caches.all(initialized_only=True):
+            if not isinstance(cache, LayeredCache):
+                continue
+            alias = str(id(cache))
+            for layer, counters in cache.stats().items():
+                for result, field in (("hit", "hits"), ("miss", "misses")):
+                    value = int(counters.get(field, 0) or 0)
+                    key = (alias, layer, result)
+                    # A cache rebuilt (new settings) starts again from 0: count afresh.
+                    grown = value - _cache_seen.get(key, 0)
+                    _cache_seen[key] = value
+                    cache_request(layer, result, grown if grown >= 0 else value)
 
 
 def rate_limited() -> None:
@@ -312,6 +365,8 @@ def exposition() -> bytes:
         from prometheus_client import multiprocess
 
         registry = CollectorRegistry()
+        sample_cache_layers(force=True)
         multiprocess.MultiProcessCollector(registry)
         return generate_latest(registry)
+    sample_cache_layers(force=True)
     return generate_latest(REGISTRY)

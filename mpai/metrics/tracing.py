@@ -10,7 +10,8 @@ settings read and one ``isinstance`` per turn.
 Each turn becomes one span after the GenAI semantic conventions
 (https://opentelemetry.io/docs/specs/semconv/gen-ai/gen-ai-spans/): name
 ``"chat <model>"`` (``{gen_ai.operation.name} {gen_ai.request.model}``), kind CLIENT,
-attributes ``gen_ai.operation.name`` (``"chat"``), ``gen_ai.request.model``,
+attributes ``gen_ai.operation.name`` (``"chat"``), ``gen_ai.provider.name`` (the provider's
+``provider_name``: ``"openai"``, ``"mpai.offline"``), ``gen_ai.request.model``,
 ``gen_ai.usage.input_tokens`` / ``gen_ai.usage.output_tokens`` (tokens, when the provider
 sent its usage), ``gen_ai.response.finish_reasons`` (when known), ``error.type``
 (https://opentelemetry.io/docs/specs/semconv/attributes-registry/error/; the mpai error
@@ -117,6 +118,9 @@ def turn_attributes(
     }
     if model:
         attributes["gen_ai.request.model"] = model
+    provider_name = getattr(trace, "provider_name", "")
+    if provider_name:
+        attributes["gen_ai.provider.name"] = provider_name
     input_tokens = getattr(message, "prompt_tokens", None)
     output_tokens = getattr(message, "completion_tokens", None)
     if input_tokens is not None:

@@ -133,6 +133,11 @@ class ChatProvider(abc.ABC):
     Subclasses take their ``OPTIONS`` as keyword arguments.
     """
 
+    #: ``gen_ai.provider.name`` of the OpenTelemetry GenAI semantic conventions
+    #: (https://opentelemetry.io/docs/specs/semconv/registry/attributes/gen-ai/): a
+    #: well-known value such as ``"openai"`` where one applies.
+    provider_name: str = "unknown"
+
     def __init__(self, **options: Any) -> None:
         self.options = options
 

@@ -111,6 +111,8 @@ class OfflineProvider(ChatProvider):
         corpus: path of a conversations JSON-lines file to replay (default None).
     """
 
+    provider_name = "mpai.offline"
+
     def __init__(
         self,
         *,

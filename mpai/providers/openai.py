@@ -89,6 +89,8 @@ class OpenAIProvider(ChatProvider):
     whenever it sent one.
     """
 
+    provider_name = "openai"  # an OpenAI-compatible API
+
     def __init__(
         self,
         *,

@@ -250,7 +250,8 @@ def test_response_time_header_and_route_label(
             "mpai_http_request_duration_seconds"
         ].samples
     }
-    assert not any("?" in r or "page=" in r for r in routes)
+    # Never the raw path with its query (a regex route such as the admin's holds "(?P<").
+    assert not any("page=" in r or "chat-history/?" in r for r in routes)
 
 
 def test_unmatched_paths_share_one_route_label(client: Client) -> None:
@@ -360,3 +361,39 @@ def test_two_worker_processes_are_summed(tmp_path: Path) -> None:
     after = families(_run(_MARK_DEAD_AND_EXPOSE, env, *pids))
     assert sample_sum(after["mpai_websocket_connections"], "mpai_websocket_connections") == 0
     assert sample_sum(after["mpai_chat_turns"], "mpai_chat_turns_total", outcome="complete") == 2
+
+
+@pytest.mark.django_db
+def test_cache_layer_lookups_become_cache_request_counters() -> None:
+    from django.core.cache import caches
+
+    layered = {
+        "default": {"BACKEND": "mpai.cache.LayeredCache", "LOCATION": "", "KEY_PREFIX": "prom"}
+    }
+    with override_settings(CACHES=layered):
+        cache = caches["default"]
+        prometheus.sample_cache_layers(force=True)  # the baseline of this new cache
+        before = {
+            (layer, result): value("mpai_cache_requests_total", layer=layer, result=result)
+            for layer in ("memory", "database")
+            for result in ("hit", "miss")
+        }
+        assert cache.get("prom-key") is None  # a miss in memory, then in the database
+        cache.set("prom-key", "v")
+        assert cache.get("prom-key") == "v"  # a memory hit
+        prometheus.sample_cache_layers(force=True)
+        grown = {
+            key: value("mpai_cache_requests_total", layer=key[0], result=key[1]) - count
+            for key, count in before.items()
+        }
+        assert grown == {
+            ("memory", "hit"): 1,
+            ("memory", "miss"): 1,
+            ("database", "hit"): 0,
+            ("database", "miss"): 1,
+        }
+        prometheus.sample_cache_layers(force=True)  # nothing new: nothing added
+        assert value("mpai_cache_requests_total", layer="memory", result="hit") == (
+            before[("memory", "hit")] + 1
+        )
+        cache.clear()

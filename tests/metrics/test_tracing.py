@@ -72,6 +72,7 @@ def test_a_turn_is_one_chat_span_with_its_stages_in_order(user, exporter) -> Non
     attributes = dict(parent.attributes or {})
     assert attributes["gen_ai.operation.name"] == "chat"
     assert attributes["gen_ai.request.model"] == model
+    assert attributes["gen_ai.provider.name"] == "mpai.offline"
     assert attributes["gen_ai.usage.input_tokens"] == result.message.prompt_tokens
     assert attributes["gen_ai.usage.output_tokens"] == result.message.completion_tokens
     if result.message.finish_reason:
