@@ -65,6 +65,8 @@ INSTALLED_APPS = [
     "channels",
     "rest_framework",
     "rest_framework.authtoken",
+    "drf_spectacular",  # manage.py spectacular (OpenAPI schema)
+    "drf_spectacular_sidecar",  # Swagger UI's files for /api/mpai/v1/docs/, served locally
     "csp",
     "mpai",
 ]
@@ -211,11 +213,19 @@ CELERY_TASK_EAGER_PROPAGATES = True
 CELERY_BEAT_SCHEDULE = {
     # The daily history cleanup (mpai_cleanup): chat history older than the retention period.
     "mpai-cleanup-chat-history": {"task": "mpai.cleanup_chat_history", "schedule": 24 * 3600.0},
+    # Weekly VACUUM (ANALYZE) of mpai's tables on PostgreSQL (mpai.chat.maintenance).
+    "mpai-maintain-chat-tables": {
+        "task": "mpai.maintain_chat_tables",
+        "schedule": 7 * 24 * 3600.0,
+    },
     # Titles for new conversations, asked of the fast model in batches.
     "mpai-generate-conversation-titles": {
         "task": "mpai.generate_conversation_titles",
         "schedule": 3600.0,
     },
+    # The health checks (mpai.health): MPAI["HEALTH"]["INTERVAL"] documents the period;
+    # the demo keeps the default, hourly.
+    "mpai-run-health-checks": {"task": "mpai.run_health_checks", "schedule": 3600.0},
 }
 # Beat's schedule file stays out of the working tree (its folder is made by the scheduler).
 CELERY_BEAT_SCHEDULE_FILENAME = str(DATA_DIR / "celerybeat-schedule")
@@ -250,6 +260,8 @@ REST_FRAMEWORK = {
         "rest_framework.authentication.TokenAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    # OpenAPI 3 of the whole site by drf-spectacular (mpai's own schema view needs none).
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
 }
 
 LOGIN_URL = "login"

@@ -1,4 +1,5 @@
-"""Admin pages for conversations and messages: view and delete, never edit or add.
+"""Admin pages for conversations and messages (view and delete, never edit or add) and
+the system-health dashboard.
 
 Chat history is a record of what was said: a message or conversation changed or added
 by hand would be presented as if the user or the model had said it (and fed back to
@@ -11,8 +12,10 @@ from __future__ import annotations
 from typing import Any
 
 from django.contrib import admin
-from django.http import HttpRequest
+from django.http import HttpRequest, HttpResponse
+from django.urls import URLPattern, path
 
+from .health.models import Health
 from .models import Conversation, Message
 
 
@@ -59,3 +62,35 @@ class MessageAdmin(ReadOnlyHistoryAdmin):
     list_filter = ("role", "status", "cached", "model", "created_at")
     date_hierarchy = "created_at"
     raw_id_fields = ("owner", "conversation")
+
+
+@admin.register(Health)
+class HealthAdmin(admin.ModelAdmin):
+    """The system-health dashboard as the change list of ``Health`` ("System health" in
+    the admin index): ``mpai.view_health`` opens it, ``mpai.run_health_checks`` runs the
+    checks and silences alerts (:mod:`mpai.health.dashboard`). Nothing to add, change
+    or delete, and no other page.
+    """
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def get_urls(self) -> list[URLPattern]:
+        name = f"{self.opts.app_label}_{self.opts.model_name}_changelist"
+        return [path("", self.admin_site.admin_view(self.changelist_view), name=name)]
+
+    def changelist_view(
+        self, request: HttpRequest, extra_context: dict[str, Any] | None = None
+    ) -> HttpResponse:
+        from .health.dashboard import dashboard_view
+
+        return dashboard_view(self, request)
+
+
+from mpai import admin_feedback  # noqa: E402,F401  (registers the feedback admin)

@@ -113,6 +113,18 @@ DEFAULTS: dict[str, Any] = {
     # Chat history older than this many days is deleted by the history cleanup
     # (mpai.chat.cleanup).
     "HISTORY_RETENTION_DAYS": 30,
+    # Per-user retention (mpai.chat.cleanup): None, or an import string of a callable
+    # (user) -> int | None giving that user's retention in days (None: the default
+    # above), e.g. by plan. It is asked only about owners of messages older than
+    # min(HISTORY_RETENTION_DAYS, HISTORY_RETENTION_MIN_DAYS); a rule's answer below
+    # HISTORY_RETENTION_MIN_DAYS is raised to it.
+    "HISTORY_RETENTION_RULE": None,
+    "HISTORY_RETENTION_MIN_DAYS": 1,
+    # Rows deleted per batch (one short transaction each) by the history cleanup and
+    # the erase of a user's history (mpai.chat.erase).
+    "CLEANUP_BATCH_SIZE": 1000,
+    # Rows read from the database per round trip by the history export (mpai.chat.export).
+    "EXPORT_CHUNK_SIZE": 500,
     # Conversation titles: characters of the first message used as the title.
     "TITLE_LENGTH": 60,
     # The chat page's Sign-out button posts here: a path or a URL name. None: the
@@ -198,15 +210,90 @@ DEFAULTS: dict[str, Any] = {
     # Per-stage changes of the process's resident memory (KiB) in each turn's metrics
     # record, TurnRecord.memory_kib (mpai.metrics.memory; read on each signal).
     "MEMORY_PROFILING": False,
+    # --- system health (mpai.health; README, "System health") ---
+    # Keys left out of a site's HEALTH keep these defaults (MERGED_DICTS).
+    "HEALTH": {
+        # The checks run, in order: import strings of mpai.health.results.HealthCheck
+        # subclasses, or {"BACKEND": "<import string>", "OPTIONS": {...}} (keyword
+        # arguments of the class). None: mpai.health.checks.DEFAULT_CHECKS.
+        "CHECKS": None,
+        # Seconds one check may take; past it the check is an error (checks run
+        # concurrently, so a run takes about its slowest check, at most this long).
+        "TIMEOUT": 5.0,
+        # Seconds the readiness endpoint (/api/mpai/v1/health/ready/) gives its checks
+        # (the database and the default cache); past it the endpoint answers 503.
+        "READY_TIMEOUT": 2.0,
+        # Seconds between scheduled runs (the mpai.run_health_checks beat task).
+        "INTERVAL": 3600.0,
+        # Snapshots kept: at most this many, none older than SNAPSHOTS_MAX_AGE seconds.
+        "SNAPSHOTS_KEEP": 100,
+        "SNAPSHOTS_MAX_AGE": 30 * 24 * 3600,
+        # Process memory (resident bytes) against MEMORY_LIMIT_BYTES (None: the
+        # cgroup's memory limit, else the machine's total memory): fractions.
+        "MEMORY_LIMIT_BYTES": None,
+        "MEMORY_WARNING": 0.80,
+        "MEMORY_ERROR": 0.90,
+        # CPU use of the machine (fractions of all cores) sampled over CPU_INTERVAL s.
+        "CPU_WARNING": 0.70,
+        "CPU_ERROR": 0.85,
+        "CPU_INTERVAL": 0.5,
+        # Disk use of DISK_PATH (None: the project's BASE_DIR): fractions.
+        "DISK_PATH": None,
+        "DISK_WARNING": 0.90,
+        "DISK_ERROR": 0.95,
+        # PostgreSQL connections in use against max_connections: fractions.
+        "DB_CONNECTIONS_WARNING": 0.80,
+        "DB_CONNECTIONS_ERROR": 0.95,
+        # The provider's models endpoint: seconds to answer; provider errors among the
+        # last hour's turns (fractions; needs METRICS_ENABLED).
+        "PROVIDER_TIMEOUT": 3.0,
+        "PROVIDER_ERROR_RATE_WARNING": 0.05,
+        "PROVIDER_ERROR_RATE_ERROR": 0.25,
+        # p95 of a turn's total time over the last hour (ms); None: no error level.
+        "RESPONSE_TIME_P95_WARNING_MS": 5000.0,
+        "RESPONSE_TIME_P95_ERROR_MS": None,
+        # Scheduled tasks: a task is late when it has not succeeded within its schedule
+        # plus this margin (fraction of its schedule, at least TASK_MARGIN_MIN seconds).
+        "TASK_MARGIN": 0.5,
+        "TASK_MARGIN_MIN": 300.0,
+        # An alert fires after this many consecutive failing runs of its check and
+        # resolves after this many passing ones.
+        "FAILURES_TO_FIRE": 2,
+        "PASSES_TO_RESOLVE": 1,
+    },
+    # --- alert email (mpai.health.notifications) ---
+    # Addresses alerts are emailed to; None: the project's ADMINS.
+    "ALERT_RECIPIENTS": None,
+    "ALERTS": {
+        # False: no email (alerts are still recorded, logged and signalled).
+        "EMAIL_ENABLED": True,
+        # The least severity emailed: "error" or "warning".
+        "MIN_SEVERITY": "error",
+        # Seconds before a still-firing alert is emailed again (4 h).
+        "REPEAT_INTERVAL": 4 * 3600.0,
+        # Email a notice when an alert resolves (Alertmanager's send_resolved).
+        "SEND_RESOLVED": True,
+        # Absolute URL of the dashboard for the email's link; None: built from
+        # settings.MPAI_SITE_URL if set, else a path only.
+        "DASHBOARD_URL": None,
+        # The site's name in the subject; None: the Sites framework's name if installed,
+        # else "mpai".
+        "SITE_NAME": None,
+        # The email's From address; None: settings.SERVER_EMAIL (as mail_admins()).
+        "FROM_EMAIL": None,
+        # Seconds the email connection may block when settings.EMAIL_TIMEOUT is None
+        # (the alerts being emailed stay locked meanwhile).
+        "EMAIL_TIMEOUT": 10.0,
+    },
 }
 
 #: Dict-valued options a site's dict is merged over, key by key: reading one returns
 #: the defaults updated with the site's keys (``None`` or an absent option: the defaults).
-MERGED_DICTS: frozenset[str] = frozenset({"RATE_LIMIT", "CACHE_TIMEOUTS"})
+MERGED_DICTS: frozenset[str] = frozenset({"RATE_LIMIT", "CACHE_TIMEOUTS", "HEALTH", "ALERTS"})
 
 #: Options whose value is an import string (or the object itself), resolved to the
 #: object on access, as DRF's ``IMPORT_STRINGS``.
-IMPORT_STRINGS: frozenset[str] = frozenset({"TOKEN_ESTIMATOR"})
+IMPORT_STRINGS: frozenset[str] = frozenset({"TOKEN_ESTIMATOR", "HISTORY_RETENTION_RULE"})
 
 
 def perform_import(value: Any, name: str) -> Any:

@@ -27,8 +27,10 @@ class Conversation(models.Model):
     class Meta:
         ordering = ["-updated_at", "-id"]
         indexes = [
-            # The user's conversation list, most recently active first.
-            models.Index(fields=["owner", "-updated_at"], name="mpai_conv_owner_updated_idx"),
+            # The user's conversation list, most recently active first: WHERE owner_id = ?
+            # ORDER BY updated_at DESC, id DESC (the conversations API's keyset cursor;
+            # ``id`` is the unique tiebreak).
+            models.Index(fields=["owner", "-updated_at", "-id"], name="mpai_conv_owner_upd_id_idx"),
             # Retention: conversations untouched for N days.
             models.Index(fields=["updated_at"], name="mpai_conv_updated_idx"),
         ]
@@ -169,3 +171,56 @@ class MetricBucket(models.Model):
 
     def __str__(self) -> str:
         return f"{self.minute} {self.stage}[{self.bucket}] = {self.count}"
+
+
+class Feedback(models.Model):
+    """A user's rating of one assistant message of their own (``mpai.feedback``).
+
+    At most one per (user, message): rating again changes it. ``rating`` is ``up`` or
+    ``down``; ``comment`` is optional free text of at most 2,000 characters.
+    """
+
+    class Rating(models.TextChoices):
+        UP = "up", "Up"
+        DOWN = "down", "Down"
+
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="mpai_feedback"
+    )
+    message = models.ForeignKey(Message, on_delete=models.CASCADE, related_name="feedback")
+    rating = models.CharField(max_length=8, choices=Rating.choices)
+    comment = models.TextField(max_length=2000, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        verbose_name = "feedback"
+        verbose_name_plural = "feedback"
+        ordering = ["-created_at", "-id"]
+        indexes = [
+            # The admin's list, newest first, and its date filter.
+            models.Index(fields=["-created_at", "-id"], name="mpai_feedback_created_idx"),
+        ]
+        constraints = [
+            models.UniqueConstraint(fields=["user", "message"], name="mpai_feedback_user_msg_uniq")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.rating} on message {self.message_id}"
+
+
+# Health state lives with the health package; imported here so Django registers it.
+from mpai.health.models import Health, HealthAlert, HealthSnapshot, TaskHeartbeat  # noqa: E402
+
+__all__ = [
+    "CacheEntry",
+    "Conversation",
+    "Feedback",
+    "Health",
+    "HealthAlert",
+    "HealthSnapshot",
+    "Message",
+    "MetricBucket",
+    "SiteIdentity",
+    "TaskHeartbeat",
+]

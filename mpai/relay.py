@@ -54,7 +54,7 @@ class FrameRelay:
     per delta.
 
     Args:
-        loop: the event loop that sends the frames.
+        loop: the event loop that sends the frames, or None to :meth:`attach` it later.
         max_bytes: most bytes (UTF-8 of the delta texts and encoded frames) held at
             once; one frame is always let through, however large.
         stall_seconds: how long a full buffer may see no progress before the client is
@@ -64,7 +64,7 @@ class FrameRelay:
 
     def __init__(
         self,
-        loop: asyncio.AbstractEventLoop,
+        loop: asyncio.AbstractEventLoop | None,
         *,
         max_bytes: int,
         stall_seconds: float,
@@ -178,6 +178,8 @@ class FrameRelay:
             self._call_soon(self._on_stall)
 
     def _call_soon(self, callback: Callable[..., Any], *args: Any) -> bool:
+        if self._loop is None:  # not attached yet: attach() wakes the loop
+            return True
         try:
             self._loop.call_soon_threadsafe(callback, *args)
         except RuntimeError:  # the event loop has closed (server shutdown)
@@ -187,6 +189,13 @@ class FrameRelay:
         return True
 
     # -- event loop side ----------------------------------------------------------------
+
+    def attach(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Give a relay made without a loop (its worker already running) the loop that
+        reads it; call it on that loop, before :meth:`frames`."""
+        with self._cond:
+            self._loop = loop
+        self._ready.set()  # frames() reads whatever was queued before
 
     def close(self) -> None:
         """Drop every later frame and wake the worker (the client went away)."""

@@ -36,6 +36,8 @@ INSTALLED_APPS = [
     "channels",
     "rest_framework",
     "rest_framework.authtoken",
+    "drf_spectacular",  # manage.py spectacular (OpenAPI schema)
+    "drf_spectacular_sidecar",  # Swagger UI files for /api/mpai/v1/docs/
     "mpai",
 ]
 
@@ -106,6 +108,8 @@ REST_FRAMEWORK = {
         "rest_framework.authentication.TokenAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    # OpenAPI 3 of the whole site by drf-spectacular (mpai's own schema view needs none).
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
 }
 
 CELERY_BROKER_URL = "memory://"

@@ -1,6 +1,12 @@
+"""Serializers of mpai's REST API (shapes: README, "REST")."""
+
+from __future__ import annotations
+
+from typing import Any
+
 from rest_framework import serializers
 
-from mpai.models import Message
+from mpai.models import Conversation, Message
 
 
 class ChatHistoryMessageSerializer(serializers.ModelSerializer):
@@ -22,3 +28,90 @@ class ChatHistoryMessageSerializer(serializers.ModelSerializer):
             "created_at",
         ]
         read_only_fields = fields
+
+
+class ConversationSerializer(serializers.ModelSerializer):
+    """A conversation: ``{"id", "title", "created_at", "updated_at"}``.
+
+    ``title``: 1–200 characters once stripped of surrounding whitespace; optional on
+    create (``""``: untitled), required on rename (``PATCH``). Timestamps are ISO 8601
+    in UTC; ``updated_at`` moves with each new message and each rename.
+    Errors: DRF's validation-error shape, e.g. ``{"title": ["This field may not be blank."]}``.
+    """
+
+    title = serializers.CharField(max_length=200, required=False, trim_whitespace=True)
+
+    class Meta:
+        model = Conversation
+        fields = ["id", "title", "created_at", "updated_at"]
+        read_only_fields = ["id", "created_at", "updated_at"]
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        if self.partial and "title" not in attrs:
+            raise serializers.ValidationError({"title": ["This field is required."]})
+        return attrs
+
+
+class ConversationMessageSerializer(serializers.ModelSerializer):
+    """One message of a conversation (field names as in :class:`ChatHistoryMessageSerializer`).
+
+    ``{"id", "conversation", "role", "status", "content", "created_at", "model",
+    "finish_reason"}``; ``role``: ``user`` or ``assistant``; ``status``: ``complete``,
+    ``error``, ``cancelled`` or ``streaming``; ``model`` and ``finish_reason`` are ``""``
+    on user messages.
+    """
+
+    conversation = serializers.IntegerField(source="conversation_id", read_only=True)
+
+    class Meta:
+        model = Message
+        fields = [
+            "id",
+            "conversation",
+            "role",
+            "status",
+            "content",
+            "created_at",
+            "model",
+            "finish_reason",
+        ]
+        read_only_fields = fields
+
+
+class ChatUsageSerializer(serializers.Serializer):
+    """Token counts of a reply (the provider's, or the cached reply's)."""
+
+    prompt_tokens = serializers.IntegerField()
+    completion_tokens = serializers.IntegerField()
+    total_tokens = serializers.IntegerField()
+
+
+class ChatReplySerializer(serializers.Serializer):
+    """The answer of ``POST /api/mpai/v1/chat/`` (201; 200 for a replay). Schema only."""
+
+    conversation = serializers.IntegerField()
+    user_message = serializers.IntegerField()
+    message = serializers.IntegerField()
+    content = serializers.CharField(allow_blank=True)
+    status = serializers.CharField()
+    finish_reason = serializers.CharField(allow_blank=True, allow_null=True)
+    cached = serializers.BooleanField()
+    replayed = serializers.BooleanField()
+    usage = ChatUsageSerializer(allow_null=True)
+    timings_ms = serializers.DictField(
+        child=serializers.FloatField(allow_null=True), help_text="Milliseconds per stage."
+    )
+    refusal = serializers.BooleanField(required=False)
+
+
+class ChatErrorSerializer(serializers.Serializer):
+    """An mpai error: ``{"code", "detail", "retry_after"?, "message"?}``. Schema only.
+
+    ``retry_after``: seconds (also sent rounded up as ``Retry-After``); ``message``: the
+    id of a partial reply that was saved.
+    """
+
+    code = serializers.CharField()
+    detail = serializers.CharField()
+    retry_after = serializers.FloatField(required=False)
+    message = serializers.IntegerField(required=False)

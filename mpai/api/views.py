@@ -3,25 +3,42 @@ from __future__ import annotations
 from typing import Any
 
 from django.db.models import QuerySet
+from drf_spectacular.openapi import AutoSchema
+from drf_spectacular.utils import extend_schema
 from rest_framework import generics, permissions
 
 from mpai.api.auth import AuthenticateHeaderMixin
-from mpai.api.pagination import PagePerPagePagination
+from mpai.api.pagination import HistoryPagination
 from mpai.api.serializers import ChatHistoryMessageSerializer
 from mpai.chat.history import message_history
 
 
+@extend_schema(summary="The signed-in user's messages, newest first")
 class ChatHistoryView(AuthenticateHeaderMixin, generics.ListAPIView):
     """``GET /api/mpai/v1/chat-history/?page=N&per_page=M``: the user's messages, newest first.
 
+    Two pagination modes (:class:`mpai.api.pagination.HistoryPagination`):
+
+    - ``page``/``per_page`` (without ``cursor``): ``{"count", "page", "per_page",
+      "results"}``, as ever.
+    - cursor mode, switched on by the ``cursor`` parameter (``?cursor=`` with an empty
+      value for the first page, optionally ``&per_page=1..100``, default 20):
+      ``{"next", "previous", "results"}``; follow ``next`` (an absolute URL, ``null``
+      after the oldest message). Each page costs one indexed query whatever its depth.
+
     Authentication: the project's DRF authentication classes (session and token in
-    the demo). Errors: 400 for a bad ``page`` or ``per_page``; 401 when signed out (with
-    ``WWW-Authenticate`` when an authenticator offers one, e.g. ``Token``; else 403).
+    the demo). Errors: 400 for a bad ``page``, ``per_page`` or
+    ``cursor`` (``{"cursor": ["Invalid cursor."]}``) and for ``cursor`` together with
+    ``page``; 401 when signed out (with ``WWW-Authenticate`` when an
+    authenticator offers one, e.g. ``Token``; else 403).
     """
 
+    schema = AutoSchema()
     serializer_class = ChatHistoryMessageSerializer
-    pagination_class = PagePerPagePagination
+    pagination_class = HistoryPagination
     permission_classes = [permissions.IsAuthenticated]
 
     def get_queryset(self) -> QuerySet[Any]:
+        if getattr(self, "swagger_fake_view", False):  # schema generation: no request user
+            return message_history(user=None).none()
         return message_history(user=self.request.user)

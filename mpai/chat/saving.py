@@ -45,9 +45,14 @@ REPLY_FIELDS = (
 )
 
 
-def save_reply(message: Message, *, attempts: int | None = None) -> None:
+def save_reply(message: Message, *, attempts: int | None = None) -> bool:
     """Save the end of a turn, retrying on a fresh database connection: the reply's
     fields (:data:`REPLY_FIELDS`), then its conversation's ``updated_at``.
+
+    Returns False, saving nothing, when the reply's row is gone: its conversation was
+    deleted, or its user erased their history, while it streamed (another process did,
+    or the cancel of an erase came too late). The turn still ends normally; what it
+    would have saved is what its user asked to delete.
 
     A pooled connection may have died while the provider streamed (a database restart,
     ``pg_terminate_backend``, a failover): the reply the user saw must not be lost with
@@ -69,11 +74,21 @@ def save_reply(message: Message, *, attempts: int | None = None) -> None:
     )
     for attempt in retrying:
         with attempt:
-            message.save(update_fields=REPLY_FIELDS)
+            if not write_reply(message):
+                logger.info("mpai reply %s was deleted while it streamed; not saved", message.pk)
+                return False
             # The conversation's latest activity (the conversation list's order).
             Conversation.objects.filter(pk=message.conversation_id).update(
                 updated_at=timezone.now()
             )
+    return True
+
+
+def write_reply(message: Message) -> int:
+    """One ``UPDATE`` of the reply's :data:`REPLY_FIELDS`; returns the rows written (0:
+    the row is gone)."""
+    fields = {name: getattr(message, name) for name in REPLY_FIELDS}
+    return Message.objects.filter(pk=message.pk).update(**fields)
 
 
 def _discard_connection(outcome: Any) -> None:

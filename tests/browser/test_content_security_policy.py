@@ -104,3 +104,18 @@ def test_admin_pages_work_under_the_csp_without_violations(page_with_csp_watch, 
     expect(page.locator("#changelist")).to_be_visible()
     assert page.evaluate(STYLESHEET_RULES, "base.css") > 0
     assert csp_problems(chat) == []
+
+
+def test_api_docs_render_under_the_csp_without_violations(page_with_csp_watch, member):
+    chat = page_with_csp_watch
+    chat.sign_in(member)
+    with chat.page.expect_response(f"{chat.server.http_url}/api/mpai/v1/docs/") as page_load:
+        chat.page.goto(f"{chat.server.http_url}/api/mpai/v1/docs/")
+    assert page_load.value.status == 200
+    assert "script-src 'self'" in page_load.value.headers["content-security-policy"]
+    # Swagger UI (served locally) fetched the schema and drew its operations.
+    expect(chat.page.locator(".swagger-ui .info .title")).to_contain_text("mpai REST API")
+    expect(chat.page.locator(".opblock-summary-path", has_text="/api/mpai/v1/chat/")).to_have_count(
+        1
+    )
+    assert csp_problems(chat) == []

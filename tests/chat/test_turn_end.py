@@ -8,7 +8,7 @@ import pytest
 from django.db import OperationalError
 from django.utils import timezone
 
-from mpai.chat import leases
+from mpai.chat import leases, saving
 from mpai.chat import pipeline as pipeline_module
 from mpai.chat.pipeline import ChatPipeline, save_reply
 from mpai.models import Conversation, Message
@@ -68,16 +68,16 @@ def test_the_final_save_is_retried_on_a_fresh_connection(user, monkeypatch):
     pipe = offline_pipeline()
     events = pipe.stream(user=user, content="hello")
     turn = events.turn
-    real_save = Message.save
+    real_write = saving.write_reply
     failures = []
 
-    def flaky_save(self, *args, **kwargs):
-        if self.pk == turn.assistant_message.pk and not failures:
+    def flaky_write(message):
+        if message.pk == turn.assistant_message.pk and not failures:
             failures.append(1)
             raise OperationalError("terminating connection due to administrator command")
-        return real_save(self, *args, **kwargs)
+        return real_write(message)
 
-    monkeypatch.setattr(Message, "save", flaky_save)
+    monkeypatch.setattr(saving, "write_reply", flaky_write)
     result = drive(events)
     assert failures == [1]
     assert result.status == "complete"
@@ -88,11 +88,11 @@ def test_save_reply_gives_up_after_its_attempts(user, monkeypatch):
     message = Message(pk=1)
     calls = []
 
-    def always_fails(self, *args, **kwargs):
+    def always_fails(message):
         calls.append(1)
         raise OperationalError("down")
 
-    monkeypatch.setattr(Message, "save", always_fails)
+    monkeypatch.setattr(saving, "write_reply", always_fails)
     with pytest.raises(OperationalError):
         save_reply(message, attempts=3)
     assert len(calls) == 3
@@ -149,3 +149,30 @@ def test_a_reply_held_by_this_process_is_never_called_orphaned(user):
     assert reply.status == "streaming"
     assert reply.heartbeat_at > timezone.now() - timedelta(seconds=5)
     assert not leases.fail_if_orphaned(reply.pk)  # the fresh heartbeat counts
+
+
+def test_a_conversation_deleted_while_its_reply_streams_ends_the_turn_quietly(user):
+    # Another process deleted it (the conversations API, an erase of the user's history).
+    pipe = offline_pipeline()
+    events = pipe.stream(user=user, content="hello")
+    conversation_id = events.turn.conversation.pk
+
+    def delete_it(_text: str) -> None:
+        Conversation.objects.filter(pk=conversation_id).delete()
+
+    result = drive(events, delete_it)
+    assert result.status == "complete"
+    assert result.error is None
+    assert not Message.objects.filter(conversation_id=conversation_id).exists()
+    assert not Conversation.objects.filter(pk=conversation_id).exists()
+
+
+def test_save_reply_reports_a_row_that_is_gone(user):
+    conversation = Conversation.objects.create(owner=user, title="t")
+    message = Message.objects.create(
+        conversation=conversation, owner=user, role="assistant", status="streaming"
+    )
+    Message.objects.filter(pk=message.pk).delete()
+    message.content, message.status = "late", "complete"
+    assert save_reply(message) is False
+    assert not Message.objects.exists()

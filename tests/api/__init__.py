@@ -1,0 +1,1 @@
+"""Tests of the REST API: conversations, cursor pagination, the OpenAPI schema."""

@@ -1,0 +1,1 @@
+"""Tests of mpai.health: checks, runner, heartbeats, alerts, dashboard, endpoints."""
