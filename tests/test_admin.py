@@ -122,3 +122,38 @@ def test_staff_with_the_permission_can_still_delete_a_conversation(admin_client_
     assert response.status_code == 302
     assert not Conversation.objects.filter(pk=conversation.pk).exists()
     assert not Message.objects.filter(conversation_id=conversation.pk).exists()
+
+
+@pytest.mark.parametrize("url", ["/admin/mpai/message/", "/admin/mpai/conversation/"])
+def test_history_lists_read_no_whole_table(admin_client_, reply, url, monkeypatch):
+    """At millions of rows: no COUNT(*) of the whole table, no SELECT DISTINCT for a
+    filter or a date hierarchy, no scan of message text for a search."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from mpai.admin import EstimatedCountPaginator
+
+    with connection.cursor() as cursor:
+        cursor.execute("ANALYZE mpai_message")
+        cursor.execute("ANALYZE mpai_conversation")
+    monkeypatch.setattr(EstimatedCountPaginator, "exact_below", 0)  # a "large" table
+    with CaptureQueriesContext(connection) as queries:
+        response = admin_client_.get(url)
+    assert response.status_code == 200
+    sql = [q["sql"].upper() for q in queries.captured_queries]
+    assert not [q for q in sql if "COUNT(" in q and "MPAI_" in q]
+    assert not [q for q in sql if "DISTINCT" in q and "MPAI_" in q]
+    assert "reltuples" in " ".join(q["sql"] for q in queries.captured_queries)
+
+    with CaptureQueriesContext(connection) as queries:
+        searched = admin_client_.get(url, {"q": "some words"})
+    assert searched.status_code == 200
+    assert not [
+        q for q in queries.captured_queries if '"content"' in q["sql"] and "LIKE" in q["sql"]
+    ]
+
+
+def test_a_filtered_history_list_is_counted_exactly(admin_client_, reply):
+    response = admin_client_.get("/admin/mpai/message/", {"role__exact": "assistant"})
+    assert response.status_code == 200
+    assert response.context["cl"].result_count == 1
