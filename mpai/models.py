@@ -209,6 +209,33 @@ class Feedback(models.Model):
         return f"{self.rating} on message {self.message_id}"
 
 
+class HistoryCount(models.Model):
+    """How many messages a user has: the ``count`` of the chat-history API's page 1
+    without a ``COUNT(*)`` over the user's rows (20 ms for 600,000 messages).
+
+    On PostgreSQL the row is kept by statement-level triggers on ``mpai_message``
+    (migration ``0010_historycount``): every ``INSERT`` and ``DELETE``, whatever issued
+    it (a turn, the cleanup, an erase, a cascade, the admin), updates it in the same
+    transaction. Other databases do not keep it and count instead.
+    """
+
+    owner = models.OneToOneField(
+        settings.AUTH_USER_MODEL,
+        on_delete=models.CASCADE,
+        primary_key=True,
+        related_name="mpai_history_count",
+        db_constraint=False,
+    )
+    messages = models.BigIntegerField(default=0)
+
+    class Meta:
+        verbose_name = "history count"
+        verbose_name_plural = "history counts"
+
+    def __str__(self) -> str:
+        return f"{self.owner_id}: {self.messages} messages"
+
+
 # Health state lives with the health package; imported here so Django registers it.
 from mpai.health.models import Health, HealthAlert, HealthSnapshot, TaskHeartbeat  # noqa: E402
 
@@ -219,6 +246,7 @@ __all__ = [
     "Health",
     "HealthAlert",
     "HealthSnapshot",
+    "HistoryCount",
     "Message",
     "MetricBucket",
     "SiteIdentity",

@@ -10,7 +10,7 @@ from rest_framework import generics, permissions
 from mpai.api.auth import AuthenticateHeaderMixin
 from mpai.api.pagination import HistoryPagination
 from mpai.api.serializers import ChatHistoryMessageSerializer
-from mpai.chat.history import message_history
+from mpai.chat.history import history_count, message_history
 
 
 @extend_schema(summary="The signed-in user's messages, newest first")
@@ -42,3 +42,8 @@ class ChatHistoryView(AuthenticateHeaderMixin, generics.ListAPIView):
         if getattr(self, "swagger_fake_view", False):  # schema generation: no request user
             return message_history(user=None).none()
         return message_history(user=self.request.user)
+
+    def count_rows(self, queryset: QuerySet[Any]) -> int:
+        """The ``count`` of page/per_page mode: the user's counter, not a COUNT(*)
+        (:func:`mpai.chat.history.history_count`)."""
+        return history_count(user=self.request.user)

@@ -30,6 +30,23 @@ def message_history(*, user: Any) -> QuerySet[Message]:
     return Message.objects.filter(owner=user).order_by("-created_at", "-id")
 
 
+def history_count(*, user: Any) -> int:
+    """How many messages ``user`` has (the chat-history API's ``count``).
+
+    On PostgreSQL one primary-key read of :class:`~mpai.models.HistoryCount`, kept by
+    triggers in the same transaction as every insert and delete of messages; elsewhere
+    a ``COUNT(*)`` of :func:`message_history`.
+    """
+    from django.db import connections, router
+
+    from mpai.models import HistoryCount
+
+    if connections[router.db_for_read(Message)].vendor != "postgresql":
+        return message_history(user=user).count()
+    row = HistoryCount.objects.filter(owner=user).values_list("messages", flat=True).first()
+    return max(int(row or 0), 0)
+
+
 def load_history(conversation: Conversation, *, limit: int, before: int) -> list[dict[str, str]]:
     """Return the newest ``limit`` shown messages of ``conversation`` with ids below
     ``before``, oldest first, as ``[{"role", "content"}]``.
