@@ -14,7 +14,7 @@ SECRET_KEY_FILE := $(MPAI_DATA_DIR)/secret_key
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[test,dev]'
+	$(BIN)/python -m pip install -q -e '.[test,dev,demo]'
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -252,6 +252,27 @@ MPAI = {
     # The token bucket runs in Redis (one Lua script) when there is one; otherwise on
     # the default cache, for this one process.
     "RATE_LIMIT": {"REDIS_URL": f"{REDIS_URL}/0"} if REDIS_URL else {},
+    # The demo's membership site (config/membership.py): mpai's default sections plus
+    # the user's plan and the help articles matching the question (config/context.py).
+    # These two dicts replace mpai's, so the defaults are listed again.
+    "CONTEXT_SECTIONS": {
+        "user_info": "mpai.chat.sections.user_info",
+        "current_page": "mpai.chat.sections.current_page",
+        "membership": "config.context.membership",
+        "help_articles": "config.context.help_articles",
+        "site_data": "mpai.chat.sections.site_data",
+        "system_info": "mpai.chat.sections.system_info",
+    },
+    "CONTEXT_PRIORITIES": {
+        "user_query": 1,
+        "history": 2,
+        "membership": 3,
+        "help_articles": 4,
+        "user_info": 5,
+        "current_page": 6,
+        "site_data": 7,
+        "system_info": 8,
+    },
 }
 
 REST_FRAMEWORK = {

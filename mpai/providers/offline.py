@@ -3,12 +3,29 @@
 Used by the embedded default (``make run``), by benchmarks and by load tests. It
 reads no file outside the package unless pointed at a corpus.
 
-Replies are chosen deterministically: with ``reply`` set, always that text; with
-``corpus`` set (a JSON-lines file shaped like ``shared/data/conversations.jsonl``:
-``{"turns": [{"role", "content"}, ...]}``), the assistant turn that followed the same
-user turn in the corpus, when there is one; otherwise a packaged reply (from the
-Apache-2.0 oasst1 and arena-hard-auto records, see ``data/ATTRIBUTION.md``) picked by a
-stable hash (SHA-256) of the last user message.
+Replies are chosen deterministically (same messages, same reply), first match wins:
+
+1. ``reply`` set: always that text.
+2. A title request (:data:`mpai.chat.titles.TITLE_INSTRUCTIONS` as the system message,
+   alone or batched by :func:`mpai.chat.batch.ask_batched`): a title of at most six
+   words, title case, made from the key words of the conversation's first message.
+3. ``corpus`` set (a JSON-lines file shaped like ``shared/data/conversations.jsonl``:
+   ``{"turns": [{"role", "content"}, ...]}``) and the same user turn is in it: the
+   assistant turn that followed it.
+4. The system message carries context the question is about (:func:`context_reply`):
+   an answer composed from it, in Markdown.
+5. Otherwise a reply picked by a stable hash (SHA-256) of the last user message from
+   the corpus, or from the packaged replies (the Apache-2.0 oasst1 and arena-hard-auto
+   records, see ``data/ATTRIBUTION.md``).
+
+The context format recognised (what :func:`mpai.chat.sections.render` writes): the
+system message holds sections, each a ``## <Heading>`` line followed by its text up to
+the next ``## `` line. A section whose heading names help, articles, FAQ or guides
+holds articles, each a ``### <Title>`` line and its body (with no ``###`` line, each
+paragraph is an article). Otherwise a section whose heading names a membership, plan
+or subscription describes the user's plan: ``key: value`` lines (a ``plan`` or
+``name`` key names it, a ``price`` or ``cost`` key prices it) and ``- `` bullet lines
+(listed under the ``key:`` line before them).
 """
 
 from __future__ import annotations
@@ -17,6 +34,7 @@ import functools
 import hashlib
 import itertools
 import json
+import math
 import re
 import threading
 from collections.abc import Iterator
@@ -62,6 +80,287 @@ def load_corpus(path: str) -> tuple[dict[str, str], tuple[str, ...]]:
                     if prev.get("role") == "user":
                         answers.setdefault(prev["content"], turn["content"])
     return answers, tuple(replies)
+
+
+# --- replies composed from the context --------------------------------------------------
+
+_SECTION_RE = re.compile(r"^## +(?P<heading>\S.*?)\s*$", re.MULTILINE)
+_ARTICLE_RE = re.compile(r"^### +(?P<title>\S.*?)\s*$", re.MULTILINE)
+_KEY_VALUE_RE = re.compile(r"^(?P<key>[A-Za-z][\w /-]{0,40}?)\s*:\s*(?P<value>.*)$")
+_BULLET_RE = re.compile(r"^\s*[-*+]\s+(?P<item>\S.*)$")
+_WORD_RE = re.compile(r"[^\W_]+(?:['’][^\W_]+)*")
+_SENTENCE_RE = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9\"“(])")
+
+_HELP_HEADING = re.compile(r"\b(help|articles?|faqs?|guides?|knowledge|how-?tos?)\b", re.I)
+_MEMBERSHIP_HEADING = re.compile(r"\b(member\w*|plans?|subscriptions?|tiers?)\b", re.I)
+#: A question about the user's own plan: what it is, holds, costs or when it renews.
+_MEMBERSHIP_ASK = re.compile(
+    r"\b(includ\w*|benefits?|perks?|what do i get|what(?:'s| is) in my"
+    r"|(?:which|what) (?:plan|membership|subscription|tier)"
+    r"|what(?:'s| is) my (?:plan|membership|subscription|tier)"
+    r"|am i (?:on|paying|subscribed)|do i (?:have|pay)|how much do i pay"
+    r"|my (?:plan|membership|subscription) (?:cost|renew|include|cover|give)\w*"
+    r"|when (?:does|will|do) (?:my|i) \w* ?renew)\b",
+    re.I,
+)
+#: A how-to question, or a wish to do something.
+_HOW_TO = re.compile(
+    r"\b(how|can i|could i|may i|where|is it possible|i(?:'d| would)? (?:like|want|need) to"
+    r"|help me|steps?|way to|what happens)\b",
+    re.I,
+)
+#: A short follow-up that continues the previous question ("and the annual one?").
+_FOLLOW_UP = re.compile(r"^\s*(and|also|what about|how about|or)\b", re.I)
+
+#: Words that say little about what a question is about.
+_STOP_TEXT = """a about after again all also am an and any are as at be been before being but by
+    can could did do does doing done for from get gets getting give go had has have
+    having he her here hi hello hey his how i i'd i'm if in into is it it's its just
+    know let me more most much my need no not now of off on once one only or other our
+    out own please same she should so some such tell than thank thanks that the their
+    them then there these they this those through to too up us very want was way we
+    well were what what's when where which while who why will with would you your
+    yours"""
+STOP_WORDS = frozenset(_STOP_TEXT.split())
+
+#: BM25 (Okapi) parameters of the article ranking.
+BM25_K1 = 1.5
+BM25_B = 0.75
+
+
+def _stem(word: str) -> str:
+    """A crude English stem, enough to match "upgrading" with "upgrade"."""
+    for suffix in ("ing", "ed", "es", "al", "s", "e"):
+        if len(word) > len(suffix) + 3 and word.endswith(suffix):
+            if suffix == "s" and word.endswith("ss"):
+                continue
+            word = word[: -len(suffix)]
+            if len(word) > 4 and word[-1] == word[-2] and word[-1] not in "aeiou":
+                word = word[:-1]  # "cancelling" → "cancel"
+            break
+    return word
+
+
+def terms(text: str) -> list[str]:
+    """The stemmed, lowercased content words of ``text``, in order (repeats kept)."""
+    words = (w.replace("’", "'") for w in _WORD_RE.findall(text.lower()))
+    return [_stem(w) for w in words if w not in STOP_WORDS and len(w) > 1]
+
+
+def context_sections(messages: list[dict[str, str]]) -> list[tuple[str, str]]:
+    """The ``(heading, text)`` sections of the system messages, in order.
+
+    A section is a ``## <Heading>`` line and the text after it up to the next ``## ``
+    line (text before the first heading, the system prompt, is no section).
+    """
+    found: list[tuple[str, str]] = []
+    for message in messages:
+        if message.get("role") != "system":
+            continue
+        content = message.get("content") or ""
+        heads = list(_SECTION_RE.finditer(content))
+        for head, following in itertools.zip_longest(heads, heads[1:]):
+            end = following.start() if following else len(content)
+            found.append((head["heading"], content[head.end() : end].strip()))
+    return found
+
+
+def parse_articles(text: str) -> list[tuple[str, str]]:
+    """``(title, body)`` of each ``### <Title>`` block of ``text``.
+
+    Without a ``###`` line, each paragraph is an article: its first line is the title
+    when it has more than one line, else its first sentence.
+    """
+    heads = list(_ARTICLE_RE.finditer(text))
+    if heads:
+        return [
+            (head["title"], text[head.end() : following.start() if following else None].strip())
+            for head, following in itertools.zip_longest(heads, heads[1:])
+        ]
+    articles = []
+    for paragraph in re.split(r"\n\s*\n", text.strip()):
+        lines = paragraph.strip().splitlines()
+        if not lines:
+            continue
+        if len(lines) > 1:
+            articles.append((lines[0].strip(), "\n".join(lines[1:]).strip()))
+        else:
+            articles.append((_SENTENCE_RE.split(lines[0].strip(), 1)[0], lines[0].strip()))
+    return articles
+
+
+def parse_membership(text: str) -> tuple[dict[str, str], dict[str, list[str]]]:
+    """``(fields, lists)`` of a membership section.
+
+    ``fields``: ``key: value`` lines with a value, keys lowercased, in order. ``lists``:
+    bullet lines under the ``key:`` line before them (key ``""`` for bullets before any
+    key); a ``key: value`` line with no bullets after it is no list.
+    """
+    fields: dict[str, str] = {}
+    lists: dict[str, list[str]] = {}
+    current = ""
+    for line in text.splitlines():
+        bullet = _BULLET_RE.match(line)
+        if bullet:
+            lists.setdefault(current, []).append(bullet["item"].strip())
+            continue
+        pair = _KEY_VALUE_RE.match(line.strip())
+        if pair:
+            current = pair["key"].strip().lower()
+            if pair["value"].strip():
+                fields[current] = pair["value"].strip()
+        elif line.strip():
+            lists.setdefault(current, []).append(line.strip())
+    return fields, lists
+
+
+def rank_articles(query: str, articles: list[tuple[str, str]]) -> list[tuple[float, int]]:
+    """``(score, index)`` of the articles sharing a word with ``query``, best first.
+
+    Scored by BM25 (Okapi, :data:`BM25_K1`, :data:`BM25_B`, a never-negative IDF) on the
+    title (counted twice) and the body. An article counts as a match only when a query
+    word is in its title or two are in its body. Ties keep the articles' order.
+    """
+    wanted = list(dict.fromkeys(terms(query)))
+    if not wanted or not articles:
+        return []
+    docs = [terms(f"{title} {title} {body}") for title, body in articles]
+    titles = [set(terms(title)) for title, _ in articles]
+    average = sum(map(len, docs)) / len(docs) or 1.0
+    count = len(docs)
+    ranked: list[tuple[float, int]] = []
+    for index, doc in enumerate(docs):
+        in_title = titles[index].intersection(wanted)
+        in_body = set(doc).intersection(wanted)
+        if not in_title and len(in_body) < 2:
+            continue
+        score = 0.0
+        for term in wanted:
+            freq = doc.count(term)
+            if not freq:
+                continue
+            having = sum(1 for other in docs if term in other)
+            idf = math.log(1 + (count - having + 0.5) / (having + 0.5))
+            norm = BM25_K1 * (1 - BM25_B + BM25_B * len(doc) / average)
+            score += idf * freq * (BM25_K1 + 1) / (freq + norm)
+        ranked.append((score, index))
+    ranked.sort(key=lambda pair: (-pair[0], pair[1]))
+    return ranked
+
+
+def _bullets(body: str) -> list[str]:
+    """The body of an article as bullet items: its own bullets, else its sentences."""
+    lines = [line.strip() for line in body.splitlines() if line.strip()]
+    items: list[str] = []
+    for line in lines:
+        bullet = _BULLET_RE.match(line)
+        items.extend([bullet["item"]] if bullet else _SENTENCE_RE.split(line))
+    return [item.strip() for item in items if item.strip()]
+
+
+def _membership_reply(text: str) -> str:
+    fields, lists = parse_membership(text)
+    plan = next((fields.pop(k) for k in ("plan", "name", "membership", "tier") if k in fields), "")
+    price = next((fields.pop(k) for k in list(fields) if k in ("price", "cost")), "")
+    if plan:
+        intro = f"You're on the **{plan}** plan" + (f" ({price})" if price else "") + "."
+        intro += " Here's what it includes:" if any(lists.values()) else ""
+    else:
+        intro = "Here's what I have on your membership:"
+        if price:
+            fields = {"price": price, **fields}
+    items = [item for values in lists.values() for item in values]
+    items += [f"**{key[:1].upper()}{key[1:]}:** {value}" for key, value in fields.items()]
+    return "\n".join([intro, "", *(f"- {item}" for item in items)]).rstrip()
+
+
+def _article_reply(title: str, body: str) -> str:
+    items = _bullets(body) or [title]
+    return "\n".join([f"From the help article **{title}**:", "", *(f"- {i}" for i in items)])
+
+
+def context_reply(messages: list[dict[str, str]]) -> str | None:
+    """Answer the last user message from the context of the system messages, or None.
+
+    Sections are found by :func:`context_sections` (the format is in the module
+    docstring). A question about the user's own plan (what it includes, costs, when it
+    renews) is answered from the membership section: the plan, its price, then its
+    bullets and other fields as Markdown bullet points. A how-to question (or any other
+    question the articles match, :func:`rank_articles`) is answered with the best
+    article's body as bullet points. A question with both gets both. A short follow-up
+    ("and the annual one?") is read together with the user message before it.
+
+    Returns:
+        The Markdown reply, or None when the context does not cover the question.
+    """
+    users = [m.get("content") or "" for m in messages if m.get("role") == "user"]
+    if not users:
+        return None
+    question = users[-1]
+    if len(users) > 1 and _FOLLOW_UP.match(question) and len(terms(question)) <= 4:
+        question = f"{users[-2]} {question}"
+    membership = articles = None
+    for heading, text in context_sections(messages):
+        if not text:
+            continue
+        if _HELP_HEADING.search(heading):
+            articles = articles if articles is not None else parse_articles(text)
+        elif _MEMBERSHIP_HEADING.search(heading):
+            membership = membership if membership is not None else text
+    parts: list[str] = []
+    asks_membership = bool(_MEMBERSHIP_ASK.search(question))
+    how = _HOW_TO.search(question)
+    if membership is not None and asks_membership:
+        parts.append(_membership_reply(membership))
+    if articles and (how or not asks_membership):
+        wanted = question[how.start() :] if how and asks_membership else question
+        ranked = rank_articles(wanted, articles)
+        if ranked:
+            parts.append(_article_reply(*articles[ranked[0][1]]))
+    return "\n\n".join(parts) or None
+
+
+# --- titles -------------------------------------------------------------------------------
+
+#: A title request's question (``mpai.chat.titles``): the first exchange, quoted.
+_TITLE_QUESTION = re.compile(r'^The user wrote: "(?P<user>.*)" The assistant replied: "', re.S)
+#: A batched request (``mpai.chat.batch.BATCH_PROMPT``): numbered questions after this.
+_BATCH_QUESTIONS = re.compile(r"^Answer each numbered question.*?\nQuestions:\n", re.S)
+_NUMBERED = re.compile(r"^(\d{1,4})\. (.*)$", re.MULTILINE)
+#: Words :func:`title_from` leaves out besides :data:`STOP_WORDS`.
+_TITLE_SKIP_TEXT = "best way ways anyone someone something thing things"
+_TITLE_STOP = STOP_WORDS | frozenset(_TITLE_SKIP_TEXT.split())
+TITLE_WORDS = 6
+
+
+def title_from(text: str) -> str:
+    """A title of at most :data:`TITLE_WORDS` words, title case, from ``text``.
+
+    The first distinct content words of ``text`` (question words, pronouns and other
+    :data:`STOP_WORDS` left out); the first words of ``text`` when none is left.
+    """
+    words = _WORD_RE.findall(text)
+    picked = [w for w in words if w.lower().replace("’", "'") not in _TITLE_STOP]
+    seen: set[str] = set()
+    title: list[str] = []
+    for word in picked or words:
+        if word.lower() in seen:
+            continue
+        seen.add(word.lower())
+        title.append(word if word[1:] != word[1:].lower() else word[:1].upper() + word[1:])
+        if len(title) == TITLE_WORDS:
+            break
+    return " ".join(title) or "New conversation"
+
+
+def _is_title_request(messages: list[dict[str, str]]) -> bool:
+    system = " ".join(m.get("content") or "" for m in messages if m.get("role") == "system")
+    return "title" in system.lower()
+
+
+def _title_answer(question: str) -> str | None:
+    match = _TITLE_QUESTION.match(question.strip())
+    return title_from(match["user"]) if match else None
 
 
 class OfflineStream(ChatStream):
@@ -135,14 +434,38 @@ class OfflineProvider(ChatProvider):
         prompt = next(
             (m["content"] for m in reversed(request.messages) if m.get("role") == "user"), ""
         )
-        replies = packaged_replies()
+        if _is_title_request(request.messages):
+            titled = self._title_reply(prompt)
+            if titled is not None:
+                return titled
         if self.corpus:
-            answers, corpus_replies = load_corpus(self.corpus)
+            answers, _ = load_corpus(self.corpus)
             if prompt in answers:
                 return answers[prompt]
-            replies = corpus_replies or replies
+        composed = context_reply(request.messages)
+        if composed is not None:
+            return composed
+        return self._picked_reply(prompt)
+
+    def _picked_reply(self, prompt: str) -> str:
+        """A corpus (or packaged) reply picked by a stable hash of ``prompt``."""
+        replies = packaged_replies()
+        if self.corpus:
+            replies = load_corpus(self.corpus)[1] or replies
         digest = hashlib.sha256(prompt.encode("utf-8")).digest()
         return replies[int.from_bytes(digest[:8], "big") % len(replies)]
+
+    def _title_reply(self, prompt: str) -> str | None:
+        """Titles for a title request: one, or numbered answers to a batched one."""
+        batch = _BATCH_QUESTIONS.match(prompt)
+        if batch is None:
+            return _title_answer(prompt)
+        answers = []
+        for match in _NUMBERED.finditer(prompt[batch.end() :]):
+            question = match[2]
+            answer = _title_answer(question) or " ".join(self._picked_reply(question).split())
+            answers.append(f"{match[1]}. {answer}")
+        return "\n".join(answers) or None
 
     def open_stream(self, request: ChatRequest) -> ChatStream:
         prompt_tokens = sum(rough_token_count(m.get("content", "")) + 4 for m in request.messages)
