@@ -47,13 +47,32 @@ class ChatRequestSerializer(serializers.Serializer):
     cache = serializers.BooleanField(required=False, default=True)
 
 
+def turn_arguments(request: Request, data: dict[str, Any]) -> dict[str, Any]:
+    """The pipeline's arguments (``ChatPipeline.stream``/``complete``) from a validated
+    :class:`ChatRequestSerializer`."""
+    return {
+        "user": request.user,
+        "content": data["content"],
+        "conversation_id": data["conversation"],
+        "client_id": data["client_id"],
+        "page": data["page"],
+        "use_cache": data["cache"],
+    }
+
+
+def retry_after_headers(error: MpaiError) -> dict[str, str]:
+    """``{"Retry-After": <whole seconds, rounded up>}`` when ``error`` has one, else ``{}``."""
+    if error.retry_after is None:
+        return {}
+    return {"Retry-After": str(max(1, math.ceil(error.retry_after)))}
+
+
 def error_response(error: MpaiError, *, message_id: int | None = None) -> Response:
     """Return the HTTP response for ``error``: its payload and its ``status_code``."""
-    headers = {}
-    if error.retry_after is not None:
-        headers["Retry-After"] = str(max(1, math.ceil(error.retry_after)))
     return Response(
-        error.as_payload(message_id=message_id), status=error.status_code, headers=headers
+        error.as_payload(message_id=message_id),
+        status=error.status_code,
+        headers=retry_after_headers(error),
     )
 
 
@@ -82,14 +101,7 @@ class ChatView(AuthenticateHeaderMixin, APIView):
         metrics.turn_started()
         try:
             with slot:
-                result = pipeline.complete(
-                    user=request.user,
-                    content=data["content"],
-                    conversation_id=data["conversation"],
-                    client_id=data["client_id"],
-                    page=data["page"],
-                    use_cache=data["cache"],
-                )
+                result = pipeline.complete(**turn_arguments(request, data))
         except MpaiError as exc:
             if isinstance(exc, RateLimited):
                 metrics.rate_limited()
@@ -116,14 +128,7 @@ class ChatView(AuthenticateHeaderMixin, APIView):
             return event_stream_error(exc)
         metrics.turn_started()
         try:
-            events = self.pipeline_class().stream(
-                user=request.user,
-                content=data["content"],
-                conversation_id=data["conversation"],
-                client_id=data["client_id"],
-                page=data["page"],
-                use_cache=data["cache"],
-            )
+            events = self.pipeline_class().stream(**turn_arguments(request, data))
         except BaseException as exc:
             slot.release()
             metrics.turn_ended()
@@ -138,11 +143,9 @@ class ChatView(AuthenticateHeaderMixin, APIView):
 
 def event_stream_error(error: MpaiError) -> HttpResponse:
     """A refusal as one ``chat.error`` event, with the error's HTTP status."""
-    response = HttpResponse(
+    return HttpResponse(
         sse.encode_frame(error_frame(error)),
         status=error.status_code,
         content_type=sse.MEDIA_TYPE,
+        headers=retry_after_headers(error),
     )
-    if error.retry_after is not None:
-        response["Retry-After"] = str(max(1, math.ceil(error.retry_after)))
-    return response
