@@ -210,6 +210,21 @@ DEFAULTS: dict[str, Any] = {
     # Per-stage changes of the process's resident memory (KiB) in each turn's metrics
     # record, TurnRecord.memory_kib (mpai.metrics.memory; read on each signal).
     "MEMORY_PROFILING": False,
+    # --- tools (mpai.tools) ---
+    # What the model may call (OpenAI function calling): import strings of
+    # mpai.tools.Tool instances (a @tool function is one) or Tool subclasses.
+    "TOOLS": [],
+    # Most tool calls of one reply running at once (threads).
+    "TOOL_MAX_CONCURRENCY": 4,
+    # Most rounds of tool calls in one turn before the model must answer.
+    "TOOL_MAX_ITERATIONS": 5,
+    # Seconds one tool call may run when its tool sets no timeout_s.
+    "TOOL_TIMEOUT_SECONDS": 5.0,
+    # Most bytes (UTF-8) of a tool's JSON result; larger gives a result_too_large error.
+    "TOOL_RESULT_MAX_BYTES": 16 * 1024,
+    # Import string of the site's mpai.tools.membership.MembershipAdapter subclass
+    # (or an instance), read by the built-in membership tools.
+    "MEMBERSHIP_ADAPTER": "mpai.tools.membership.NullMembershipAdapter",
     # --- system health (mpai.health; README, "System health") ---
     # Keys left out of a site's HEALTH keep these defaults (MERGED_DICTS).
     "HEALTH": {
@@ -293,7 +308,9 @@ MERGED_DICTS: frozenset[str] = frozenset({"RATE_LIMIT", "CACHE_TIMEOUTS", "HEALT
 
 #: Options whose value is an import string (or the object itself), resolved to the
 #: object on access, as DRF's ``IMPORT_STRINGS``.
-IMPORT_STRINGS: frozenset[str] = frozenset({"TOKEN_ESTIMATOR", "HISTORY_RETENTION_RULE"})
+IMPORT_STRINGS: frozenset[str] = frozenset(
+    {"TOKEN_ESTIMATOR", "HISTORY_RETENTION_RULE", "MEMBERSHIP_ADAPTER"}
+)
 
 
 def perform_import(value: Any, name: str) -> Any:
