@@ -287,7 +287,26 @@ REST_FRAMEWORK = {
 
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "/"
-LOGOUT_REDIRECT_URL = "login"
+# None: signing out shows registration/logged_out.html ("You have been signed out").
+LOGOUT_REDIRECT_URL = None
+
+# --- email: password-reset links (and mpai's health alerts) -------------------------
+# EMAIL_HOST set: send through that SMTP server; unset: print each email on the console
+# (the reset link shows in `make run`'s output).
+EMAIL_HOST = os.environ.get("EMAIL_HOST", "").strip()
+if EMAIL_HOST:
+    EMAIL_BACKEND = "django.core.mail.backends.smtp.EmailBackend"
+    EMAIL_PORT = int(os.environ.get("EMAIL_PORT", "25"))
+    EMAIL_HOST_USER = os.environ.get("EMAIL_HOST_USER", "")
+    EMAIL_HOST_PASSWORD = os.environ.get("EMAIL_HOST_PASSWORD", "")
+    EMAIL_USE_TLS = env_bool("EMAIL_USE_TLS", False)  # STARTTLS, usually port 587
+    EMAIL_USE_SSL = env_bool("EMAIL_USE_SSL", False)  # implicit TLS, usually port 465
+else:
+    EMAIL_BACKEND = "django.core.mail.backends.console.EmailBackend"
+EMAIL_TIMEOUT = 10  # seconds: a slow mail server fails the request instead of hanging it
+DEFAULT_FROM_EMAIL = os.environ.get(
+    "DEFAULT_FROM_EMAIL", "Members' Club <no-reply@members-club.example>"
+)
 
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"
