@@ -42,6 +42,7 @@ from mpai.api.auth import AuthenticateHeaderMixin
 from mpai.api.pagination import HistoryCursorPagination
 from mpai.chat.search import (
     MAX_QUERY_CHARS,
+    bounded_search,
     message_excerpt,
     search_conversations,
     search_messages,
@@ -118,7 +119,9 @@ class SearchView(AuthenticateHeaderMixin, generics.GenericAPIView):
         params.is_valid(raise_exception=True)
         q: str = params.validated_data["q"]
         terms = search_terms(q)
-        page = self.paginate_queryset(search_messages(request.user, q))
+        page = bounded_search(
+            request.user, lambda: self.paginate_queryset(search_messages(request.user, q))
+        )
         results = SearchResultSerializer(page, many=True, context={"terms": terms}).data
         response = self.get_paginated_response(results)
         first_page = not request.query_params.get(SearchPagination.cursor_query_param)

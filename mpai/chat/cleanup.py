@@ -14,8 +14,10 @@ anyone's history go sooner than that.
 How it stays cheap
 ------------------
 Without a rule (the common case) the messages go by age alone, in batches of
-``MPAI["CLEANUP_BATCH_SIZE"]`` (1000): each batch finds its ids through the index
-``mpai_msg_created_idx`` (``WHERE created_at < cutoff ORDER BY created_at LIMIT n``) and
+``MPAI["CLEANUP_BATCH_SIZE"]`` (1000): each batch finds its ids through the partial index
+``mpai_msg_expiry_idx`` (``WHERE id > 0 AND created_at < cutoff ORDER BY created_at
+LIMIT n``; the constant ``id > 0`` is the index's predicate, which only these queries
+repeat, so a user's history can never be planned on it) and
 deletes them with ``DELETE ... WHERE id IN (...)``, one short statement (its own
 transaction) each; no batch scans the table.
 
@@ -55,7 +57,7 @@ from django.db.models import BooleanField, Exists, OuterRef, Q, QuerySet
 from django.db.models.expressions import RawSQL
 from django.utils import timezone
 
-from mpai.chat import leases
+from mpai.chat import leases, partitions
 from mpai.conf import mpai_settings
 from mpai.models import Conversation, Message
 
@@ -75,6 +77,9 @@ class CleanupResult:
         stale_streams_closed: streaming replies with no live writer marked ``error``
             (counted, with ``dry_run``).
         batches: delete statements run (0 with ``dry_run``).
+        partitions_dropped: whole monthly partitions dropped (counted, with ``dry_run``;
+            always 0 on the plain table, ``mpai.chat.partitions``); their messages are
+            in ``messages_deleted``.
         duration_ms: wall time of the whole run, milliseconds.
         users_with_own_retention: users the rule gave a retention other than the default.
         dry_run: True when nothing was changed.
@@ -84,6 +89,7 @@ class CleanupResult:
     conversations_deleted: int
     stale_streams_closed: int
     batches: int = 0
+    partitions_dropped: int = 0
     duration_ms: float = 0.0
     users_with_own_retention: int = 0
     dry_run: bool = False
@@ -97,6 +103,11 @@ class _Plan:
     conversation_cutoff: datetime
     #: cutoff -> owner ids whose retention gives that cutoff (not the default's).
     own: dict[datetime, list[int]] = field(default_factory=dict)
+
+    @property
+    def earliest_cutoff(self) -> datetime:
+        """The cutoff of the longest retention in play: older rows are nobody's."""
+        return min([self.default_cutoff, *self.own])
 
     @property
     def excluded(self) -> list[int]:
@@ -143,8 +154,10 @@ def cleanup_chat_history(
         Q(status=Message.Status.STREAMING, created_at__lt=now - STALE_STREAMING) | leases.orphaned()
     ).exclude(pk__in=leases.held())
     if dry_run:
+        parts, _ = partitions.drop_partitions_before(plan.earliest_cutoff, dry_run=True)
         result = CleanupResult(
             messages_deleted=_count_messages(plan),
+            partitions_dropped=parts,
             conversations_deleted=_count_conversations(plan),
             stale_streams_closed=stale_qs.count(),
             users_with_own_retention=len(plan.excluded),
@@ -157,7 +170,11 @@ def cleanup_chat_history(
     # Streaming replies with no live writer: their lease expired, or (rows of a
     # process that kept no heartbeat) they started over an hour ago.
     stale = stale_qs.update(status=Message.Status.ERROR, error_code="internal_error")
-    messages = conversations = batches = 0
+    # The monthly layout: months nobody keeps go whole, then rows as on a plain table.
+    if partitions.is_partitioned():
+        partitions.ensure_partitions(now=now)
+    parts, messages = partitions.drop_partitions_before(plan.earliest_cutoff)
+    conversations = batches = 0
     for deleted in _delete_messages(plan, size):
         messages += deleted
         batches += 1
@@ -169,6 +186,7 @@ def cleanup_chat_history(
         conversations_deleted=conversations,
         stale_streams_closed=stale,
         batches=batches,
+        partitions_dropped=parts,
         duration_ms=_ms(started),
         users_with_own_retention=len(plan.excluded),
     )
@@ -246,6 +264,17 @@ def _owners_of_messages_before(cutoff: datetime, size: int) -> Iterator[Any]:
 # -- messages ---------------------------------------------------------------------------
 
 
+def _expired(cutoff: datetime) -> QuerySet[Any]:
+    """Messages created before ``cutoff``, through ``mpai_msg_expiry_idx``.
+
+    The index's predicate goes into the SQL as a constant, never as a parameter: a
+    generic plan of a prepared statement could not prove ``id > $1`` implies it.
+    """
+    table = connection.ops.quote_name(Message._meta.db_table)
+    in_index = RawSQL(f"{table}.{connection.ops.quote_name('id')} > 0", (), BooleanField())
+    return Message.objects.filter(in_index, created_at__lt=cutoff)
+
+
 def _without_owners(qs: QuerySet[Any], owners: list[int], column: str) -> QuerySet[Any]:
     """``qs`` without the rows of ``owners`` (one array parameter on PostgreSQL)."""
     if not owners:
@@ -265,7 +294,7 @@ def _chunks(items: list[int], size: int) -> Iterable[list[int]]:
 def _delete_messages(plan: _Plan, size: int) -> Iterator[int]:
     """Delete the expired messages in batches; yield each batch's count."""
     excluded = plan.excluded
-    expired = Message.objects.filter(created_at__lt=plan.default_cutoff)
+    expired = _expired(plan.default_cutoff)
     if not excluded:
         # Every row found is deleted: each batch starts again from the oldest.
         while True:
@@ -315,9 +344,7 @@ def _delete_ids(ids: list[int]) -> int:
 
 
 def _count_messages(plan: _Plan) -> int:
-    total = _without_owners(
-        Message.objects.filter(created_at__lt=plan.default_cutoff), plan.excluded, "owner_id"
-    ).count()
+    total = _without_owners(_expired(plan.default_cutoff), plan.excluded, "owner_id").count()
     for cutoff, owners in plan.own.items():
         for chunk in _chunks(owners, 1000):
             total += Message.objects.filter(owner_id__in=chunk, created_at__lt=cutoff).count()

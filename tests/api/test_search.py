@@ -285,3 +285,87 @@ def test_the_fallback_on_a_real_sqlite_database(tmp_path):
         text=True,
     ).stdout
     assert json.loads(out.strip().splitlines()[-1]) == ["Hello «Zeb»ra"]
+
+
+# --- the plan of a large user's search -----------------------------------------------
+
+
+def _show(name):
+    with connection.cursor() as cursor:
+        cursor.execute(f"SHOW {name}")
+        return cursor.fetchone()[0]
+
+
+@pytest.fixture
+def large_user(user, monkeypatch):
+    """``user`` counted as large (threshold 0) with one matching message."""
+    from mpai.chat import search
+
+    conversation = Conversation.objects.create(owner=user, title="t")
+    say(conversation, "user", "one zeppelin")
+    monkeypatch.setattr(search, "OWNER_SCAN_MAX_MESSAGES", 0)
+    return user
+
+
+def test_a_large_users_walk_that_runs_out_of_time_goes_to_the_gin_index(large_user):
+    """The first evaluation (the walk) outlives WALK_TIMEOUT_MS and is cancelled by
+    PostgreSQL; the second runs with plain index scans off; both settings are gone
+    afterwards."""
+    from mpai.chat.search import bounded_search
+
+    seen = []
+
+    def evaluate():
+        seen.append((_show("statement_timeout"), _show("enable_indexscan")))
+        if len(seen) == 1:
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT pg_sleep(30)")  # cancelled at the walk's timeout
+        return list(search_messages(large_user, "zeppelin"))
+
+    rows = bounded_search(large_user, evaluate)
+    assert seen == [("50ms", "on"), ("0", "off")]
+    assert [m.content for m in rows] == ["one zeppelin"]
+    assert (_show("statement_timeout"), _show("enable_indexscan")) == ("0", "on")
+
+
+def test_a_large_users_quick_walk_is_the_answer(large_user):
+    from mpai.chat.search import bounded_search
+
+    seen = []
+
+    def evaluate():
+        seen.append(_show("statement_timeout"))
+        return list(search_messages(large_user, "zeppelin"))
+
+    assert len(bounded_search(large_user, evaluate)) == 1
+    assert seen == ["50ms"]
+    assert _show("statement_timeout") == "0"
+
+
+def test_a_small_users_search_keeps_the_planners_choice(user, api, monkeypatch):
+    from mpai.chat import search
+    from mpai.chat.search import bounded_search
+
+    conversation = Conversation.objects.create(owner=user, title="t")
+    say(conversation, "user", "one zeppelin")
+    seen = []
+    bounded_search(user, lambda: seen.append(_show("statement_timeout")))
+    assert seen == ["0"]
+    # And through the endpoint, large or small, the same rows come back.
+    small = api.get(URL, {"q": "zeppelin"}).json()["results"]
+    monkeypatch.setattr(search, "OWNER_SCAN_MAX_MESSAGES", 0)
+    large = api.get(URL, {"q": "zeppelin"}).json()["results"]
+    assert [r["message"] for r in small] == [r["message"] for r in large] != []
+
+
+def test_other_database_errors_of_the_walk_are_raised(large_user):
+    from django.db import ProgrammingError
+
+    from mpai.chat.search import bounded_search
+
+    def evaluate():
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT * FROM no_such_table")
+
+    with pytest.raises(ProgrammingError):
+        bounded_search(large_user, evaluate)

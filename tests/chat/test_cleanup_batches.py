@@ -8,6 +8,7 @@ import pytest
 from django.core.exceptions import ImproperlyConfigured
 from django.core.management import call_command
 from django.db import connection
+from django.db.models import Q
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
@@ -90,27 +91,69 @@ def test_five_expired_rows_in_batches_of_two_take_three_batches(user):
         q["sql"]
         for q in queries
         if q["sql"].startswith("SELECT")
-        and 'FROM "mpai_message" WHERE "mpai_message"."created_at" <' in q["sql"]
+        and 'FROM "mpai_message" WHERE (("mpai_message"."id" > 0) AND' in q["sql"]
     ]
     assert len(selects) == 3
     assert all('ORDER BY "mpai_message"."created_at" ASC LIMIT 2' in sql for sql in selects)
 
 
-def test_each_batch_finds_its_rows_through_the_created_at_index(user):
-    conversation = Conversation.objects.create(owner=user)
-    message(user, conversation, days(40))
-    cutoff = timezone.now() - days(30)
-    sql, params = (
-        Message.objects.filter(created_at__lt=cutoff)
-        .order_by("created_at")
-        .values_list("pk", "created_at")[:1000]
-        .query.sql_with_params()
-    )
+def _plan_of(sql: str, params, *, without: str | None = None) -> str:
+    """EXPLAIN of ``sql`` with sequential scans off (and index ``without`` dropped, inside
+    the test's transaction, which rolls the drop back)."""
     with connection.cursor() as cursor:
+        if without:
+            cursor.execute(f"DROP INDEX {without}")
         cursor.execute("SET LOCAL enable_seqscan = off")
         cursor.execute("EXPLAIN " + sql, params)
-        plan = "\n".join(row[0] for row in cursor.fetchall())
-    assert "mpai_msg_created_idx" in plan, plan
+        return "\n".join(row[0] for row in cursor.fetchall())
+
+
+def test_each_batch_finds_its_rows_through_the_expiry_index(user):
+    conversation = Conversation.objects.create(owner=user)
+    message(user, conversation, days(40))
+    with CaptureQueriesContext(connection) as queries:
+        cleanup_chat_history(batch_size=1000)
+    sql = next(
+        q["sql"]
+        for q in queries
+        if q["sql"].startswith("SELECT") and "LIMIT 1000" in q["sql"] and "created_at" in q["sql"]
+    )
+    assert '"mpai_message"."id" > 0' in sql  # the predicate, as a constant
+    plan = _plan_of(sql, ())
+    assert "mpai_msg_expiry_idx" in plan, plan
+    assert "Seq Scan" not in plan, plan
+
+
+@pytest.mark.parametrize("view", ["page", "cursor"])
+def test_history_can_never_be_planned_on_the_expiry_index(user, view):
+    """A user's history page is never read through the retention index, even with the
+    owner index gone: at 1M rows, for a user owning the oldest rows, the planner once
+    read the retention index backwards and discarded 400,000 other users' rows."""
+    from mpai.chat.history import message_history
+
+    conversation = Conversation.objects.create(owner=user)
+    message(user, conversation, days(1))
+    qs = message_history(user=user)
+    if view == "cursor":
+        newest = qs.first()
+        qs = qs.filter(
+            Q(created_at__lt=newest.created_at) | Q(created_at=newest.created_at, pk__lt=newest.pk)
+        )
+    sql, params = qs[:10].query.sql_with_params()
+    plan = _plan_of(sql, params)
+    assert "mpai_msg_owner_created_idx" in plan, plan
+    plan = _plan_of(sql, params, without="mpai_msg_owner_created_idx")
+    assert "mpai_msg_expiry_idx" not in plan, plan
+
+
+def test_stale_streaming_sweep_reads_the_streaming_index(user):
+    conversation = Conversation.objects.create(owner=user)
+    message(user, conversation, days(1), status=Message.Status.STREAMING)
+    with CaptureQueriesContext(connection) as queries:
+        assert cleanup_chat_history().stale_streams_closed == 1
+    sql = next(q["sql"] for q in queries if q["sql"].startswith('UPDATE "mpai_message"'))
+    plan = _plan_of(sql, ())
+    assert "mpai_msg_streaming_idx" in plan, plan
     assert "Seq Scan" not in plan, plan
 
 
