@@ -1,5 +1,6 @@
-"""The demo's URLs: its sign-in pages (Django's auth views with the templates in
-``templates/registration/``), the admin, and mpai.
+"""The demo's URLs: its home page (the chat widget in the site's layout), its sign-in
+pages (Django's auth views with the templates in ``templates/registration/``), the
+admin, and mpai.
 
 The account pages are those of ``django.contrib.auth.urls`` minus password change,
 listed one by one so each has a template of the demo's own:
@@ -14,14 +15,16 @@ listed one by one so each has a template of the demo's own:
 
 from django.contrib import admin
 from django.contrib.auth import views as auth_views
+from django.contrib.auth.decorators import login_required
 from django.urls import include, path
-from django.views.generic import RedirectView
+from django.views.generic import TemplateView
 
 # The site's name in the reset email (Django's default is the request's host name).
 EMAIL_CONTEXT = {"site_name": "Members' Club"}
 
 urlpatterns = [
-    path("", RedirectView.as_view(pattern_name="mpai:chat"), name="home"),
+    # The home page: the site's layout with mpai's widget ({% mpai_chat %}) in it.
+    path("", login_required(TemplateView.as_view(template_name="home.html")), name="home"),
     path("accounts/login/", auth_views.LoginView.as_view(), name="login"),
     path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
     path(

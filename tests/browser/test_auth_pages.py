@@ -162,7 +162,7 @@ def test_sign_in_through_the_page_lands_on_the_chat(site, member):
     assert "script-src 'self'" in response.headers["content-security-policy"]
     expect(site.page).to_have_title("Sign in · Members' Club")
     expect(site.page.get_by_role("link", name="Forgot your password?")).to_be_visible()
-    site.sign_in(member)  # from / via ?next=/mpai/chat/ to the connected chat page
+    site.sign_in(member)  # from / via ?next=/ to the connected chat on the home page
 
 
 def test_a_wrong_password_is_explained_on_the_page(site, member):
@@ -174,7 +174,7 @@ def test_a_wrong_password_is_explained_on_the_page(site, member):
     # Then the right one works.
     site.page.get_by_label("Password").fill(member.password)
     site.page.get_by_role("button", name="Sign in").click()
-    expect(site.page).to_have_url(f"{site.server.http_url}/mpai/chat/")
+    expect(site.page).to_have_url(f"{site.server.http_url}/")
 
 
 def test_sign_out_shows_the_signed_out_page(site, member):
@@ -243,7 +243,7 @@ def test_password_reset_by_email_over_smtp(site, member, smtp):
     expect(page.get_by_role("alert")).to_contain_text(WRONG_CREDENTIALS)
     page.get_by_label("Password").fill(new_password)
     page.get_by_role("button", name="Sign in").click()
-    expect(page).to_have_url(f"{base}/mpai/chat/")
+    expect(page).to_have_url(f"{base}/")
     site.wait_connected()
 
     # The link worked once.

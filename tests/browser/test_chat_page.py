@@ -40,7 +40,7 @@ CHROMIUM_ARGS = [
 ]
 DEADLINE_MS = 15_000  # the longest any single wait may take
 ARTIFACTS = Path("/tmp")
-HISTORY_URL = re.compile(r"/api/mpai/v1/chat-history/")
+HISTORY_URL = re.compile(r"/api/mpai/v1/conversations/\d+/messages/")
 
 expect.set_options(timeout=DEADLINE_MS)
 
@@ -116,19 +116,21 @@ class ChatPage:
         self.send = self.page.locator("#mpai-send")
         self.stop = self.page.locator("#mpai-stop")
         self.status = self.page.locator("#mpai-status")
-        self.items = self.page.locator("#mpai-log > li")
+        self.items = self.page.locator("#mpai-log > li")  # one per message
+        self.texts = self.page.locator("#mpai-log > li .mpai-body")  # their text
         self.page.on("websocket", lambda ws: self.sockets.append(ws))
         self.page.on("pageerror", lambda exc: self.errors.append(str(exc)))
         self.page.on("console", lambda msg: self.console.append(f"{msg.type}: {msg.text}"))
 
     def sign_in(self, member: Member) -> None:
-        """Open the site, get sent to the login form, sign in, land on the connected chat."""
+        """Open the site, get sent to the login form, sign in, land on the connected chat
+        (the demo's home page: the widget in the site's layout)."""
         self.page.goto(f"{self.server.http_url}/")
-        expect(self.page).to_have_url(re.compile(r"/accounts/login/\?next=/mpai/chat/$"))
+        expect(self.page).to_have_url(re.compile(r"/accounts/login/\?next=/$"))
         self.page.get_by_label("Username").fill(member.username)
         self.page.get_by_label("Password").fill(member.password)
         self.page.get_by_role("button", name="Sign in").click()
-        expect(self.page).to_have_url(f"{self.server.http_url}/mpai/chat/")
+        expect(self.page).to_have_url(f"{self.server.http_url}/")
         self.wait_connected()
 
     def wait_connected(self) -> None:
@@ -186,7 +188,7 @@ def assistant_messages(member: Member) -> list[Message]:
 RECORD_REPLY_TEXTS = """() => {
   window.replyTexts = [];
   new MutationObserver(() => {
-    const reply = document.querySelector("#mpai-log > li.assistant:last-child");
+    const reply = document.querySelector("#mpai-log > li.assistant:last-child .mpai-body");
     if (reply && reply.textContent) window.replyTexts.push(reply.textContent);
   }).observe(document.getElementById("mpai-log"),
              {childList: true, subtree: true, characterData: true});
@@ -203,7 +205,7 @@ def test_sign_in_chat_and_see_the_exchange_again_after_a_reload(chat, member, fa
 
     question = "When does my membership renew?"
     chat.ask(question)
-    expect(chat.items).to_have_text([question, reply])
+    expect(chat.texts).to_have_text([question, reply])
     expect(chat.send).to_be_enabled()
     expect(chat.stop).to_be_disabled()
     expect(chat.status).to_have_text("")
@@ -219,7 +221,8 @@ def test_sign_in_chat_and_see_the_exchange_again_after_a_reload(chat, member, fa
     [saved] = assistant_messages(member)
     assert (saved.status, saved.content) == ("complete", reply)
 
-    # Until the history is in and the websocket open, Send is off: the page says so.
+    # The page reopens the conversation it showed. Until its messages are in and the
+    # websocket open, Send is off: the page says so.
     while_loading: list[tuple[bool, str | None]] = []
 
     def look_then_continue(route: Route) -> None:
@@ -229,18 +232,20 @@ def test_sign_in_chat_and_see_the_exchange_again_after_a_reload(chat, member, fa
     chat.page.route(HISTORY_URL, look_then_continue)
     with chat.page.expect_response(HISTORY_URL) as history:
         chat.page.reload()
-    assert history.value.url.endswith("/api/mpai/v1/chat-history/?per_page=50")
+    assert history.value.url.endswith(
+        f"/api/mpai/v1/conversations/{saved.conversation_id}/messages/?cursor=cj0x"
+    )  # the newest page first
     assert history.value.status == 200
-    expect(chat.items).to_have_text([question, reply])
+    expect(chat.texts).to_have_text([question, reply])
     expect(chat.items.nth(0)).to_contain_class("user")
     expect(chat.items.nth(1)).to_contain_class("assistant")
     chat.wait_connected()
     assert while_loading == [(True, "Connecting…")]
 
-    # The page goes on with the conversation it found in the history.
+    # The page goes on with the conversation it reopened.
     fake_openai.stream_reply(["On ", "the ", "first."])
     chat.ask("Which day exactly?")
-    expect(chat.items).to_have_text([question, reply, "Which day exactly?", "On the first."])
+    expect(chat.texts).to_have_text([question, reply, "Which day exactly?", "On the first."])
     expect(chat.send).to_be_enabled()
     assert {m.conversation_id for m in Message.objects.filter(owner=member.user)} == {
         saved.conversation_id
@@ -253,7 +258,7 @@ def test_stop_button_stops_a_slow_reply_and_the_partial_text_is_saved(chat, memb
     chat.sign_in(member)
     chat.ask("Tell me a very long story.")
     reply = chat.items.nth(1)
-    expect(reply).to_have_text(re.compile(r"^slow slow"))
+    expect(chat.texts.nth(1)).to_have_text(re.compile(r"^slow slow"))
     expect(chat.stop).to_be_enabled()
     expect(chat.send).to_be_disabled()
 
@@ -264,22 +269,24 @@ def test_stop_button_stops_a_slow_reply_and_the_partial_text_is_saved(chat, memb
     expect(chat.items).to_have_count(2)
 
     chat.stop.click()
-    expect(chat.status).to_have_text("Stopped.")
+    expect(reply.locator(".mpai-note")).to_have_text("Stopped")  # on that reply
+    expect(chat.status).to_have_text("")
     expect(chat.send).to_be_enabled()
     expect(chat.stop).to_be_disabled()
-    shown = reply.text_content()
+    shown = chat.texts.nth(1).text_content()
     assert shown is not None
     assert shown.startswith("slow slow")
     assert len(shown) < len("slow ") * 400
     [saved] = assistant_messages(member)
     assert saved.status == "cancelled"
-    assert saved.content == shown
+    assert saved.content.strip() == shown.strip()  # Markdown drops the trailing space
     assert Message.objects.filter(owner=member.user, role="user").count() == 1
 
     # The connection is still good: the waiting text goes out now.
     fake_openai.stream_reply(["The ", "end."])
     chat.input.press("Enter")
-    expect(chat.items).to_have_text(["Tell me a very long story.", shown, "And then?", "The end."])
+    expect(chat.texts).to_have_text(["Tell me a very long story.", shown, "And then?", "The end."])
+    expect(chat.items.nth(3).locator(".mpai-note")).to_have_count(0)
     expect(chat.status).to_have_text("")
     expect(chat.send).to_be_enabled()
 
@@ -296,12 +303,12 @@ def test_stop_right_after_send_stops_the_reply(chat, member, fake_openai):
           document.getElementById("mpai-stop").click();
         }"""
     )
-    expect(chat.status).to_have_text("Stopped.")
+    expect(chat.items.nth(1).locator(".mpai-note")).to_have_text("Stopped")
     expect(chat.send).to_be_enabled()
     expect(chat.stop).to_be_disabled()
     [saved] = assistant_messages(member)
     assert saved.status == "cancelled"
-    assert saved.content == chat.items.nth(1).text_content()
+    assert saved.content.strip() == (chat.texts.nth(1).text_content() or "").strip()
     assert len(saved.content) < len("slow ") * 400
 
 
@@ -316,8 +323,12 @@ def test_an_error_frame_shows_its_detail_and_marks_the_reply(chat, member, fake_
     assert frame["code"] == "provider_error"
 
     reply = chat.items.nth(1)
-    expect(chat.status).to_have_text(frame["detail"])
-    expect(reply).to_have_text("Half a reply")
+    # In words, on the reply it concerns, with what to do.
+    note = reply.locator(".mpai-note")
+    expect(note).to_contain_text("The assistant is unavailable right now. Try again in a moment.")
+    expect(note.get_by_role("button", name="Retry")).to_be_visible()
+    expect(chat.status).to_have_text("")
+    expect(chat.texts.nth(1)).to_have_text("Half a reply")
     expect(reply).to_contain_class("assistant error")
     expect(reply).to_have_attribute("data-message", str(frame["message"]))
     expect(chat.send).to_be_enabled()
@@ -329,6 +340,16 @@ def test_an_error_frame_shows_its_detail_and_marks_the_reply(chat, member, fake_
         "Half a reply",
     )
 
+    # Retry asks the same question again, as a new turn.
+    fake_openai.stream_reply(["The ", "whole ", "reply."])
+    note.get_by_role("button", name="Retry").click()
+    expect(chat.texts).to_have_text(
+        ["Tell me everything.", "Half a reply", "Tell me everything.", "The whole reply."]
+    )
+    assert [m.status for m in assistant_messages(member)] == ["error", "complete"]
+
     chat.page.reload()  # the history marks it too
-    expect(chat.items).to_have_text(["Tell me everything.", "Half a reply"])
+    expect(chat.texts).to_have_text(
+        ["Tell me everything.", "Half a reply", "Tell me everything.", "The whole reply."]
+    )
     expect(chat.items.nth(1)).to_contain_class("assistant error")

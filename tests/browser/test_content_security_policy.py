@@ -66,20 +66,25 @@ STYLESHEET_RULES = """(name) => {
 
 def test_chat_page_works_under_its_csp_without_violations(page_with_csp_watch, member, fake_openai):
     chat = page_with_csp_watch
-    with chat.page.expect_response(f"{chat.server.http_url}/mpai/chat/") as page_load:
+    with chat.page.expect_response(f"{chat.server.http_url}/") as page_load:
         chat.sign_in(member)
     policy = page_load.value.headers["content-security-policy"]
     assert "script-src 'self'" in policy
     assert "connect-src 'self'" in policy
     assert chat.page.evaluate(STYLESHEET_RULES, "chat.css") > 0  # the stylesheet applied
 
-    fake_openai.stream_reply(["Under ", "the ", "policy."])
+    # Markdown and HTML in a reply: rendered without a blocked load or inline style.
+    image = '<img src="https://example.com/pixel.png" style="color: red">'
+    fake_openai.stream_reply(["Under ", "the ", "**policy**.", image])
     chat.ask("Does the chat work?")  # over the websocket
-    expect(chat.items).to_have_text(["Does the chat work?", "Under the policy."])
-    chat.page.reload()  # the history, fetched from /api/mpai/...
-    expect(chat.items).to_have_text(["Does the chat work?", "Under the policy."])
+    shown = ["Does the chat work?", "Under the policy." + image]  # the HTML as text
+    expect(chat.texts).to_have_text(shown)
+    chat.page.reload()  # the conversations and messages, fetched from /api/mpai/...
+    expect(chat.texts).to_have_text(shown)
+    expect(chat.page.locator("#mpai-conversations > li")).to_have_count(1)
     chat.wait_connected()
-    assert csp_problems(chat) == []
+    expect(chat.texts.nth(1).locator("strong")).to_have_text("policy")
+    assert csp_problems(chat) == [], "\n".join(csp_problems(chat))
 
     # Control: the policy is enforced and the watch sees it (an injected inline script).
     chat.page.evaluate(INJECT_INLINE_SCRIPT)

@@ -1,146 +1,211 @@
-// mpai chat page: a client of the ws/mpai/chat/ websocket (frames: see README).
-(() => {
-  "use strict";
-  const root = document.getElementById("mpai-chat");
-  if (!root) return;
-  const log = document.getElementById("mpai-log");
-  const form = document.getElementById("mpai-form");
-  const input = document.getElementById("mpai-input");
-  const sendButton = document.getElementById("mpai-send");
-  const stopButton = document.getElementById("mpai-stop");
-  const status = document.getElementById("mpai-status");
-  const RETRY_MIN_MS = 1000;
-  const RETRY_MAX_MS = 30000;
-  let socket = null;
-  let connected = false; // the websocket is open
-  let busy = false; // a message was sent and its reply has not ended
-  let retryMs = RETRY_MIN_MS;
-  let conversation = null;
-  let current = null; // the <li> of the reply being streamed
-  let pending = null; // the frame to resend after a reconnect
-  let notice = ""; // shown in the status line once connected
+// mpai chat widget: the entry module. It wires the sidebar (conversations, search),
+// the message log, the message box and the websocket of ws/mpai/chat/ (frames: README,
+// "Websocket"), reading its config from the data- attributes of #mpai-chat
+// ({% mpai_chat %}). The modules under chat/ each do one job.
 
-  function addItem(role, text) {
-    const li = document.createElement("li");
-    li.className = role;
-    li.textContent = text;
-    log.appendChild(li);
-    li.scrollIntoView({ block: "end" });
-    return li;
+import { Api, ApiError } from "./chat/api.js";
+import { Composer } from "./chat/composer.js";
+import { MessageList } from "./chat/messages.js";
+import { Sidebar } from "./chat/sidebar.js";
+import { ChatSocket } from "./chat/socket.js";
+import { Turns } from "./chat/turns.js";
+
+const STORAGE_KEY = "mpai.conversation";
+const PHONE = window.matchMedia("(max-width: 760px)");
+
+function remember(id) {
+  try {
+    if (id === null) sessionStorage.removeItem(STORAGE_KEY);
+    else sessionStorage.setItem(STORAGE_KEY, String(id));
+  } catch {
+    // storage off: the page simply opens on a new chat
+  }
+}
+
+function remembered() {
+  try {
+    const value = Number(sessionStorage.getItem(STORAGE_KEY));
+    return Number.isInteger(value) && value > 0 ? value : null;
+  } catch {
+    return null;
+  }
+}
+
+function start(root) {
+  const api = new Api(root);
+  const status = root.querySelector("#mpai-status");
+  const title = root.querySelector("#mpai-title");
+  const toggle = root.querySelector("#mpai-sidebar-toggle");
+  const chat = { conversation: null, previousUrl: null, loadingOlder: false, opening: 0 };
+
+  function setSidebar(open) {
+    root.classList.toggle("mpai-sidebar-open", open);
+    toggle.setAttribute("aria-expanded", String(open));
+    if (open) root.querySelector("#mpai-new").focus();
   }
 
-  function updateButtons() {
-    // Send only on an open socket and when no reply is streaming; Stop only while one is.
-    sendButton.disabled = busy || !connected;
-    stopButton.disabled = !busy || !connected;
+  function setConversation(id, name) {
+    chat.conversation = id;
+    remember(id);
+    chat.sidebar.setActive(id);
+    title.textContent = id === null ? "New chat" : name || chat.sidebar.titleOf(id) || "Chat";
   }
 
-  function setBusy(value) {
-    busy = value;
-    updateButtons();
+  function newChat(focus = true) {
+    chat.opening += 1;
+    setConversation(null);
+    chat.previousUrl = null;
+    chat.messages.clear();
+    if (PHONE.matches) setSidebar(false);
+    if (focus) chat.composer.focus();
   }
 
-  function newClientId() {
-    if (crypto.randomUUID) return crypto.randomUUID(); // secure contexts only
-    return Date.now().toString(36) + "-" + Math.random().toString(36).slice(2, 12);
+  async function firstPage(id) {
+    try {
+      return await api.newestMessages(id);
+    } catch (error) {
+      if (!(error instanceof ApiError) || error.status !== 400) throw error;
+    }
+    // The reversed cursor refused: read forward to the end instead.
+    const rows = [];
+    let page = await api.firstMessages(id);
+    rows.push(...page.results);
+    while (page.next) {
+      page = await api.page(page.next);
+      rows.push(...page.results);
+    }
+    return { results: rows, previous: null };
   }
 
-  async function loadHistory() {
-    const response = await fetch(root.dataset.historyUrl + "?per_page=50", {
-      credentials: "same-origin",
-      headers: { Accept: "application/json" },
-    });
-    if (!response.ok) throw new Error("history: HTTP " + response.status);
-    const data = await response.json();
-    const rows = data.results.slice().reverse();
-    for (const row of rows) {
-      addItem(row.role + (row.status === "error" ? " error" : ""), row.content);
-      conversation = row.conversation;
+  async function openConversation(id, name) {
+    const seq = ++chat.opening;
+    setConversation(id, name);
+    chat.previousUrl = null;
+    chat.messages.clear();
+    chat.messages.showWelcome(false);
+    chat.messages.setHistoryStatus("Loading messages…");
+    if (PHONE.matches) setSidebar(false);
+    let page;
+    try {
+      page = await firstPage(id);
+    } catch (error) {
+      if (seq !== chat.opening) return;
+      if (error instanceof ApiError && error.status === 404) {
+        newChat(false); // deleted meanwhile (or another member's, remembered by this tab)
+      } else chat.messages.setHistoryStatus("The messages couldn't be loaded. Reload the page to try again.");
+      return;
+    }
+    if (seq !== chat.opening) return;
+    chat.messages.appendRows(page.results);
+    if (!page.results.length) chat.messages.showWelcome(true);
+    chat.previousUrl = page.previous;
+    chat.messages.setHistoryStatus(page.previous ? "" : page.results.length ? "This is the start of the chat." : "");
+    chat.messages.scrollToEnd();
+    await fillView(seq);
+  }
+
+  // Older pages until the log can scroll (then the scroll handler takes over).
+  async function fillView(seq) {
+    const scroller = chat.messages.scroller;
+    while (seq === chat.opening && chat.previousUrl && scroller.scrollHeight <= scroller.clientHeight + 40) {
+      if (!(await loadOlder())) break;
     }
   }
 
-  function connect() {
-    const scheme = location.protocol === "https:" ? "wss://" : "ws://";
-    socket = new WebSocket(scheme + location.host + root.dataset.wsPath);
-    socket.addEventListener("open", () => {
-      connected = true;
-      retryMs = RETRY_MIN_MS;
-      status.textContent = notice;
-      updateButtons();
-      if (pending) socket.send(JSON.stringify(pending));
-    });
-    socket.addEventListener("message", (event) => onFrame(JSON.parse(event.data)));
-    socket.addEventListener("close", () => {
-      connected = false;
-      updateButtons();
+  async function loadOlder() {
+    if (chat.loadingOlder || !chat.previousUrl) return false;
+    const seq = chat.opening;
+    chat.loadingOlder = true;
+    chat.messages.setHistoryStatus("Loading earlier messages…");
+    try {
+      const page = await api.page(chat.previousUrl);
+      if (seq !== chat.opening) return false;
+      chat.messages.prependRows(page.results);
+      chat.previousUrl = page.previous;
+      chat.messages.setHistoryStatus(page.previous ? "" : "This is the start of the chat.");
+      return true;
+    } catch {
+      if (seq === chat.opening) chat.messages.setHistoryStatus("Earlier messages couldn't be loaded. Scroll up to try again.");
+      return false;
+    } finally {
+      chat.loadingOlder = false;
+    }
+  }
+
+  chat.messages = new MessageList(root, { api, onRetry: (question) => chat.turns.send(question) });
+  chat.composer = new Composer(root, {
+    maxLength: Number(root.dataset.maxLength) || 8000,
+    onSend: (text) => chat.turns.send(text),
+    onStop: () => chat.turns.stop(),
+  });
+  chat.sidebar = new Sidebar(root, {
+    api,
+    onOpen: (id, name) => openConversation(id, name),
+    onNew: () => newChat(),
+    onDeleted: (id) => {
+      if (id === chat.conversation) newChat();
+    },
+    onRenamed: (id, name) => {
+      if (id === chat.conversation) title.textContent = name;
+    },
+  });
+  chat.socket = new ChatSocket(root.dataset.wsPath, {
+    onOpen: () => {
+      status.textContent = "";
+      chat.composer.set({ connected: true });
+      chat.turns.onOpen();
+    },
+    onClose: () => {
       status.textContent = "Reconnecting…";
-      // Back off while the server refuses us (e.g. signed out elsewhere) or is down.
-      setTimeout(connect, retryMs);
-      retryMs = Math.min(retryMs * 2, RETRY_MAX_MS);
+      chat.composer.set({ connected: false });
+    },
+    onFrame: (frame) => chat.turns.onFrame(frame),
+  });
+  chat.live = root.querySelector("#mpai-live");
+  chat.newChat = newChat;
+  // A turn started in `id`: a new chat shown now becomes that conversation.
+  chat.adopt = async (id, shown) => {
+    if (shown && chat.conversation === null) setConversation(id);
+    await chat.sidebar.touch(id);
+    if (chat.conversation === id) title.textContent = chat.sidebar.titleOf(id) || title.textContent;
+  };
+  chat.turns = new Turns(chat);
+
+  chat.messages.scroller.addEventListener("scroll", () => {
+    if (chat.messages.scroller.scrollTop < 150) loadOlder();
+  });
+  for (const suggestion of root.querySelectorAll(".mpai-suggestion")) {
+    suggestion.addEventListener("click", () => {
+      if (!chat.turns.send(suggestion.textContent)) {
+        chat.composer.restore(suggestion.textContent);
+        chat.composer.focus();
+      }
     });
   }
-
-  function onFrame(frame) {
-    switch (frame.type) {
-      case "chat.started":
-        conversation = frame.conversation;
-        // A resend after a reconnect replays the same message: restart its text.
-        if (!current || current.dataset.message !== String(frame.message)) current = addItem("assistant", "");
-        current.textContent = "";
-        current.dataset.message = String(frame.message);
-        break;
-      case "chat.delta":
-        if (current) {
-          current.textContent += frame.text;
-          current.scrollIntoView({ block: "end" });
-        }
-        break;
-      case "chat.completed":
-        status.textContent = frame.status === "cancelled" ? "Stopped." : "";
-        current = null;
-        pending = null;
-        setBusy(false);
-        break;
-      case "chat.error":
-        if (current) current.classList.add("error");
-        status.textContent = frame.detail;
-        current = null;
-        pending = null;
-        setBusy(false);
-        break;
+  toggle.addEventListener("click", () => setSidebar(!root.classList.contains("mpai-sidebar-open")));
+  root.querySelector("#mpai-sidebar-close").addEventListener("click", () => {
+    setSidebar(false);
+    toggle.focus();
+  });
+  root.querySelector(".mpai-pane").addEventListener("click", (event) => {
+    if (root.classList.contains("mpai-sidebar-open") && event.target !== toggle && !toggle.contains(event.target)) {
+      setSidebar(false); // a tap beside the open sidebar closes it
     }
-  }
-
-  form.addEventListener("submit", (event) => {
-    event.preventDefault();
-    // Enter calls requestSubmit(), which a disabled Send button does not stop: a second
-    // message while one streams would get "busy" and lose the reply in progress.
-    if (busy || !connected) return;
-    const content = input.value;
-    if (!content.trim()) return;
-    pending = { type: "chat.message", conversation, content, client_id: newClientId() };
-    addItem("user", content);
-    input.value = "";
-    setBusy(true);
-    socket.send(JSON.stringify(pending));
   });
-
-  stopButton.addEventListener("click", () => {
-    if (busy && connected) socket.send(JSON.stringify({ type: "chat.cancel" }));
-  });
-
-  input.addEventListener("keydown", (event) => {
-    if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
-      event.preventDefault();
-      form.requestSubmit();
+  root.addEventListener("keydown", (event) => {
+    if (event.key === "Escape" && root.classList.contains("mpai-sidebar-open") && !chat.turns.busy) {
+      setSidebar(false);
+      toggle.focus();
     }
   });
 
   status.textContent = "Connecting…";
-  updateButtons();
-  loadHistory()
-    .catch(() => {
-      notice = "Could not load the earlier messages.";
-    })
-    .finally(connect);
-})();
+  chat.sidebar.load();
+  const saved = remembered();
+  const opened = saved ? openConversation(saved) : Promise.resolve(newChat(false));
+  // The websocket opens once the shown messages are in: a new one goes after them.
+  opened.catch(() => {}).finally(() => chat.socket.connect());
+}
+
+const root = document.getElementById("mpai-chat");
+if (root) start(root);
