@@ -226,6 +226,8 @@ CELERY_BEAT_SCHEDULE = {
     # The health checks (mpai.health): MPAI["HEALTH"]["INTERVAL"] documents the period;
     # the demo keeps the default, hourly.
     "mpai-run-health-checks": {"task": "mpai.run_health_checks", "schedule": 3600.0},
+    # Usage rows past MPAI["USAGE_RETENTION_DAYS"] (mpai.usage).
+    "mpai-cleanup-usage": {"task": "mpai.cleanup_usage", "schedule": 24 * 3600.0},
 }
 # Beat's schedule file stays out of the working tree (its folder is made by the scheduler).
 CELERY_BEAT_SCHEDULE_FILENAME = str(DATA_DIR / "celerybeat-schedule")
@@ -272,6 +274,21 @@ MPAI = {
         "current_page": 6,
         "site_data": 7,
         "system_info": 8,
+    },
+    # Tools the assistant may call (OpenAI function calling) over the demo's
+    # memberships, plans and help centre (config/tools.py).
+    "MEMBERSHIP_ADAPTER": "config.tools.DemoMembershipAdapter",
+    "TOOLS": [
+        "mpai.tools.membership.get_my_memberships",
+        "mpai.tools.membership.list_plans",
+        "mpai.tools.membership.search_help_articles",
+    ],
+    # Quotas by the demo's plans (mpai.usage; the plan comes from the adapter above).
+    "QUOTAS": {
+        "default": {"messages_per_day": 50, "tokens_per_day": None, "tokens_per_month": None},
+        "Free": {"messages_per_day": 10, "tokens_per_day": 20_000, "tokens_per_month": None},
+        "Monthly": {"messages_per_day": 100, "tokens_per_day": None, "tokens_per_month": 2_000_000},
+        "Annual": {"messages_per_day": 200, "tokens_per_day": None, "tokens_per_month": None},
     },
 }
 

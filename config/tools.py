@@ -54,6 +54,12 @@ class DemoMembershipAdapter(MembershipAdapter):
             }
         ]
 
+    def plan_for(self, user: Any) -> str | None:
+        """The plan's name (``config.membership.plan_for``); None for anonymous users."""
+        if not getattr(user, "is_authenticated", False):
+            return None
+        return plan_for(user).name
+
     def plans(self) -> list[dict[str, Any]]:
         return [_plan_dict(plan) for plan in PLANS.values()]
 

@@ -9,6 +9,7 @@ permission can still delete them (README, "Security defaults of the demo").
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from django.contrib import admin
@@ -18,6 +19,7 @@ from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse
 from django.urls import URLPattern, path
 from django.utils.functional import cached_property
+from django.utils.html import format_html, format_html_join
 
 from .health.models import Health
 from .models import Conversation, Message
@@ -110,6 +112,43 @@ class MessageAdmin(LargeTableAdmin):
     search_help_text = "An id, a user's exact username, or a client_id."
     list_filter = ("role", "status", "cached", "created_at")
     raw_id_fields = ("owner", "conversation")
+    # The JSON of the tool calls is shown formatted instead of as one long line.
+    exclude = ("tool_calls",)
+    readonly_fields = ("tool_calls_shown",)
+
+    @admin.display(description="Tool calls")
+    def tool_calls_shown(self, obj: Message) -> str:
+        """The reply's tool calls and results (``Message.tool_calls``), one block each:
+        name, status, time, arguments and result, JSON indented; "-" when none."""
+        records = obj.tool_calls if isinstance(obj.tool_calls, list) else []
+        if not records:
+            return "-"
+        blocks = []
+        for record in records:
+            if not isinstance(record, dict):
+                continue
+            head = (
+                f"{record.get('name')} [{record.get('status')}"
+                + (f" {record['error_code']}" if record.get("error_code") else "")
+                + f"] {record.get('duration_ms')} ms"
+            )
+            blocks.append(
+                format_html(
+                    "<strong>{}</strong><pre>arguments: {}\nresult: {}</pre>",
+                    head,
+                    _indented(record.get("arguments")),
+                    _indented(record.get("content")),
+                )
+            )
+        return format_html_join("", "{}", ((block,) for block in blocks))
+
+
+def _indented(text: Any) -> str:
+    """JSON text indented for reading; any other text as it is."""
+    try:
+        return json.dumps(json.loads(text), indent=2, ensure_ascii=False)
+    except (TypeError, ValueError):
+        return str(text or "")
 
 
 @admin.register(Health)
@@ -142,3 +181,4 @@ class HealthAdmin(admin.ModelAdmin):
 
 
 from mpai import admin_feedback  # noqa: E402,F401  (registers the feedback admin)
+from mpai.usage import admin as usage_admin  # noqa: E402,F401  (registers the usage report)

@@ -42,6 +42,9 @@ class MpaiConfig(AppConfig):
         from mpai.metrics import receivers
 
         receivers.connect()
+        from mpai.usage.recording import connect_usage_receivers  # usage, cost, quotas
+
+        connect_usage_receivers()
 
         # Per-stage memory deltas (MPAI["MEMORY_PROFILING"], read on each signal) and,
         # when OpenTelemetry is installed, one span per turn (MPAI["TRACING"]); without

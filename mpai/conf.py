@@ -225,6 +225,27 @@ DEFAULTS: dict[str, Any] = {
     # Import string of the site's mpai.tools.membership.MembershipAdapter subclass
     # (or an instance), read by the built-in membership tools.
     "MEMBERSHIP_ADAPTER": "mpai.tools.membership.NullMembershipAdapter",
+    # --- usage and quotas (mpai.usage) ---
+    # Plan name (MembershipAdapter.plan_for) -> limits; "default" applies to users with
+    # no plan or a plan not listed. Keys: messages_per_day, tokens_per_day,
+    # tokens_per_month (tokens in + out); None = unlimited. Plans are merged over these
+    # (MERGED_DICTS), so "default" stays unlimited unless a site sets it.
+    "QUOTAS": {
+        "default": {"messages_per_day": None, "tokens_per_day": None, "tokens_per_month": None},
+    },
+    # Staff users are unlimited unless this is True.
+    "QUOTAS_APPLY_TO_STAFF": False,
+    # None: quota days and months (and the usage rows' days) are in UTC. Else an import
+    # string of a callable (user) -> time zone name (e.g. "Europe/Paris") or None (UTC).
+    "QUOTA_TIMEZONE": None,
+    # Model -> {"input": price, "output": price} per MILLION tokens in CURRENCY
+    # (strings, parsed to Decimal), e.g. {"gpt-4o": {"input": "2.50", "output": "10.00"}}.
+    # Models not listed cost 0; cached replies always cost 0.
+    "PRICES": {},
+    "CURRENCY": "USD",
+    # Usage rows (mpai.usage.models.UsageDay) older than this many days are deleted by
+    # the mpai.cleanup_usage task.
+    "USAGE_RETENTION_DAYS": 400,
     # --- system health (mpai.health; README, "System health") ---
     # Keys left out of a site's HEALTH keep these defaults (MERGED_DICTS).
     "HEALTH": {
@@ -304,12 +325,14 @@ DEFAULTS: dict[str, Any] = {
 
 #: Dict-valued options a site's dict is merged over, key by key: reading one returns
 #: the defaults updated with the site's keys (``None`` or an absent option: the defaults).
-MERGED_DICTS: frozenset[str] = frozenset({"RATE_LIMIT", "CACHE_TIMEOUTS", "HEALTH", "ALERTS"})
+MERGED_DICTS: frozenset[str] = frozenset(
+    {"RATE_LIMIT", "CACHE_TIMEOUTS", "HEALTH", "ALERTS", "QUOTAS"}
+)
 
 #: Options whose value is an import string (or the object itself), resolved to the
 #: object on access, as DRF's ``IMPORT_STRINGS``.
 IMPORT_STRINGS: frozenset[str] = frozenset(
-    {"TOKEN_ESTIMATOR", "HISTORY_RETENTION_RULE", "MEMBERSHIP_ADAPTER"}
+    {"TOKEN_ESTIMATOR", "HISTORY_RETENTION_RULE", "MEMBERSHIP_ADAPTER", "QUOTA_TIMEZONE"}
 )
 
 

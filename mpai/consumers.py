@@ -162,7 +162,8 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         await self.send_json(frame)
 
     async def chat(self, content: dict[str, Any]) -> None:
-        """Run one turn: ``chat.started``, ``chat.delta``…, then the final frame."""
+        """Run one turn: ``chat.started``, ``chat.delta`` and ``chat.tool`` frames, then
+        the final frame."""
         loop = asyncio.get_running_loop()
         slot: Slot | None = None
         try:

@@ -196,3 +196,18 @@ class ProviderStreamError(ProviderError):
 
     code = "provider_error"
     default_detail = "The assistant's provider failed while answering."
+
+
+# --- tools ----------------------------------------------------------------------------
+
+
+class ToolIterationsExceeded(MpaiError):
+    """The model still asked for tools after ``MPAI["TOOL_MAX_ITERATIONS"]`` rounds of
+    tool calls in one turn (its last calls are not run). The text so far is saved."""
+
+    code = "tool_iterations_exceeded"
+    status_code = 502
+    default_detail = (
+        "The assistant kept looking things up without answering; please ask again, "
+        "perhaps more specifically."
+    )

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from mpai.chat.turns import Delta, Event, Finished, Started, TurnResult
+from mpai.chat.turns import Delta, Event, Finished, Started, ToolEvent, TurnResult
 from mpai.exceptions import MpaiError
 
 
@@ -21,6 +21,21 @@ def started_frame(event: Started) -> dict[str, Any]:
         "user_message": event.user_message_id,
         "client_id": event.client_id,
     }
+
+
+def tool_frame(event: ToolEvent) -> dict[str, Any]:
+    """``chat.tool``: ``{"type", "name", "call_id", "status"}``, status ``started``
+    before a call runs; then ``ok``, ``error`` or ``cancelled`` with ``duration_ms``
+    (ms, a float)."""
+    frame: dict[str, Any] = {
+        "type": "chat.tool",
+        "name": event.name,
+        "call_id": event.call_id,
+        "status": event.status,
+    }
+    if event.duration_ms is not None:
+        frame["duration_ms"] = event.duration_ms
+    return frame
 
 
 def error_frame(error: MpaiError, *, message_id: int | None = None) -> dict[str, Any]:
@@ -57,6 +72,8 @@ def frame_for(event: Event) -> dict[str, Any]:
         return {"type": "chat.delta", "text": event.text}
     if isinstance(event, Started):
         return started_frame(event)
+    if isinstance(event, ToolEvent):
+        return tool_frame(event)
     if isinstance(event, Finished):
         return final_frame(event.result)
     raise TypeError(f"no frame for {event!r}")

@@ -83,6 +83,10 @@ class Message(models.Model):
     # (``mpai.chat.leases``). A streaming reply whose heartbeat is older than
     # ``MPAI["STREAM_LEASE_SECONDS"]`` has no live writer in any process.
     heartbeat_at = models.DateTimeField(null=True, blank=True)
+    # An assistant reply's tool calls and their results, in order (None: it made none):
+    # [{"id", "name", "arguments", "status", "content", "duration_ms", "error_code"}]
+    # (mpai.chat.tool_loop.tool_record). Not in the chat-history API.
+    tool_calls = models.JSONField(null=True, blank=True)
 
     class Meta:
         ordering = ["created_at", "id"]
@@ -266,3 +270,4 @@ __all__ = [
     "SiteIdentity",
     "TaskHeartbeat",
 ]
+from mpai.usage.models import QuotaRejection, UsageDay, UsageReport  # noqa: E402,F401

@@ -40,6 +40,13 @@ api_response_received = Signal()
 # Extra kwargs: text (str), finish_reason (str | None), usage (mpai.providers.Usage | None).
 response_processed = Signal()
 
+# One tool call of the reply ended (MPAI["TOOLS"]; the calls of a round run at once,
+# so this is sent for each once the round is over, in the calls' order).
+# Extra kwargs: name (str, the function the model called), call_id (str), status
+# ("ok" | "error" | "cancelled"), duration_ms (float, ms), error_code (str | None,
+# a code of mpai.tools.execution or the tool's ToolError.code).
+tool_called = Signal()
+
 # The reply is saved and the final frame sent.
 # Extra kwargs: message (mpai.models.Message), status (str), error_code (str | None),
 # timings_ms (dict of float ms, the keys of chat.completed's timings_ms).

@@ -56,3 +56,17 @@ def run_health_checks() -> dict[str, Any]:
 
     snapshot = run_checks(trigger="schedule")
     return {"snapshot": snapshot.pk, "status": snapshot.status}
+
+
+@shared_task(name="mpai.cleanup_usage")
+@heartbeat("mpai.cleanup_usage")
+def cleanup_usage() -> dict[str, Any]:
+    """Run :func:`mpai.usage.cleanup.cleanup_usage` (daily): delete usage rows and quota
+    rejection counts older than ``MPAI["USAGE_RETENTION_DAYS"]``.
+
+    Returns ``{"usage_rows_deleted", "rejection_rows_deleted"}`` (counts) and
+    ``"before"`` (the first day kept, ISO date).
+    """
+    from mpai.usage.cleanup import cleanup_usage as cleanup
+
+    return cleanup()

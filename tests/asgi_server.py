@@ -61,7 +61,9 @@ class AsgiServer:
             try:
                 requests.get(f"{self.http_url}/accounts/login/", timeout=1)
                 return
-            except requests.ConnectionError:
+            except (requests.ConnectionError, requests.Timeout):
+                # Not listening yet, or its first answer is slow (a cold start on a busy
+                # machine): ask again until the deadline.
                 time.sleep(0.05)
         raise RuntimeError(f"uvicorn did not start: {self.log()}")
 

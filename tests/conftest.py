@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import itertools
+import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -70,3 +72,35 @@ def e2e_server(django_db_setup, redis_server, fake_openai_url) -> Iterator[AsgiS
     server.start()
     yield server
     server.stop()
+
+
+#: Stream slots a test left taken (e.g. a response never read, freed when collected):
+#: later tests do not wait for them.
+_slots_left_taken = [0]
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> None:
+    """Let this process's chat turns end before the test's fixtures are torn down.
+
+    A turn's work after its final frame (the ``request_complete`` receivers: the usage
+    row, the metrics) still writes to the database while the client already has its
+    answer; a transactional test's flush (``TRUNCATE``) then deadlocked with it. A turn
+    holds its stream slot until that work is done, so wait (deadline 10 s) until no
+    more slots are taken than before; never fails the test.
+    """
+    from mpai.chat.capacity import stream_slots
+
+    deadline = time.monotonic() + 10.0
+    while True:
+        in_use = stream_slots().stats().in_use
+        _slots_left_taken[0] = min(_slots_left_taken[0], in_use)
+        if in_use <= _slots_left_taken[0]:
+            return
+        if time.monotonic() > deadline:
+            _slots_left_taken[0] = in_use
+            return
+        _pause.wait(0.01)
+
+
+_pause = threading.Event()

@@ -22,6 +22,18 @@ a usage chunk with empty ``choices``; then ``data: [DONE]``. A request with
 ``stream: false`` gets a ``chat.completion`` object of the same reply. A refusal
 (``stream_refusal``) carries its parts in ``delta.refusal`` instead of ``delta.content``
 (``message.refusal`` with ``content: null`` when not streamed), as OpenAI sends one.
+
+Tool calls (``stream_tool_calls``) stream as OpenAI's do
+(https://platform.openai.com/docs/guides/function-calling, "Streaming"): after any text
+parts, each call's first piece ``{"index", "id", "type": "function", "function":
+{"name", "arguments": ""}}``, then its arguments in ``pieces`` pieces
+``{"index", "function": {"arguments"}}`` (the pieces of parallel calls interleaved),
+then ``finish_reason: "tool_calls"``. Queued with ``times``, such replies (and
+``queue_reply`` text replies) are served in order before the current reply, so a
+test scripts a whole tool loop::
+
+    fake_openai.stream_tool_calls([{"name": "list_plans", "arguments": "{}"}])
+    fake_openai.stream_reply(["Two plans."])   # the follow-up request gets this
 """
 
 from __future__ import annotations
@@ -60,6 +72,8 @@ class _Reply:
     raw: list[bytes] | None = None
     content_type: str = "text/event-stream"
     refusal: bool = False
+    tool_calls: list[dict[str, str]] | None = None
+    pieces: int = 1
 
 
 @dataclass
@@ -164,6 +178,43 @@ class FakeOpenAI:
         raw = [p.encode() if isinstance(p, str) else p for p in pieces]
         self._set(_Reply([], delay_s=delay_s, raw=raw, content_type=content_type))
 
+    def stream_tool_calls(
+        self,
+        calls: list[dict[str, str]],
+        *,
+        parts: list[str] | None = None,
+        pieces: int = 3,
+        usage: tuple[int, int] | str | None = "auto",
+        times: int | None = 1,
+    ) -> None:
+        """Answer with ``calls`` (``{"name", "arguments", "id"?}``; ids default to
+        ``call_<n>``), after the text ``parts`` (default none), the arguments of each
+        split into ``pieces`` pieces (at most one per character).
+
+        Args:
+            times: how many requests get it, queued before the current reply (in order
+                with other queued items); None makes it the current reply (every later
+                request gets it).
+        """
+        numbered = [
+            {"id": call.get("id") or f"call_{next(_ids)}", "name": call["name"],
+             "arguments": call.get("arguments", "")}
+            for call in calls
+        ]  # fmt: skip
+        reply = _Reply(list(parts or []), "tool_calls", usage, tool_calls=numbered, pieces=pieces)
+        if times is None:
+            self._set(reply)
+            return
+        with self._lock:
+            self._queue.extend([reply] * times)
+
+    def queue_reply(
+        self, parts: list[str], *, usage: tuple[int, int] | str | None = "auto"
+    ) -> None:
+        """Queue one text reply of ``parts``, served in order before the current reply."""
+        with self._lock:
+            self._queue.append(_Reply(list(parts), "stop", usage))
+
     def respond_error(
         self,
         status: int,
@@ -210,7 +261,7 @@ class FakeOpenAI:
         self._stop.set()
         with self._lock:
             self._stop = threading.Event()
-            self._queue: deque[_Error | _Stall] = deque()
+            self._queue: deque[_Error | _Stall | _Reply] = deque()
             self._reply = _Reply(["Hello", " from", " the", " fake", " provider."])
             self._requests: list[dict[str, Any]] = []
             self._headers: list[dict[str, str]] = []
@@ -242,7 +293,9 @@ class FakeOpenAI:
             self._headers.append(dict(request.headers))
             stop, reply = self._stop, self._reply
             item = self._queue.popleft() if self._queue else None
-        if isinstance(item, _Stall):
+        if isinstance(item, _Reply):
+            reply = item
+        elif isinstance(item, _Stall):
             stop.wait(item.seconds)
         elif isinstance(item, _Error):
             headers = {"Content-Type": item.content_type, **item.headers}
@@ -276,11 +329,17 @@ def _usage(reply: _Reply, body: dict[str, Any]) -> dict[str, int] | None:
 
 def _completion(reply: _Reply, body: dict[str, Any]) -> dict[str, Any]:
     text = "".join(reply.parts)
-    message = {
+    message: dict[str, Any] = {
         "role": "assistant",
-        "content": None if reply.refusal else text,
+        "content": None if reply.refusal or (reply.tool_calls and not text) else text,
         "refusal": text if reply.refusal else None,
     }
+    if reply.tool_calls:
+        message["tool_calls"] = [
+            {"id": call["id"], "type": "function",
+             "function": {"name": call["name"], "arguments": call["arguments"]}}
+            for call in reply.tool_calls
+        ]  # fmt: skip
     return {
         "id": f"chatcmpl-fake{next(_ids)}",
         "object": "chat.completion",
@@ -326,6 +385,10 @@ def _stream(
         if not pause():
             return
         yield chunk({"refusal": part} if reply.refusal else {"content": part})
+    for delta in _tool_call_deltas(reply):
+        if not pause():
+            return
+        yield chunk(delta)
     if reply.error is not None:
         if not pause():
             return
@@ -344,6 +407,31 @@ def _stream(
         yield _sse({**base, "choices": [], "usage": usage})
     if reply.done:
         yield b"data: [DONE]\n\n"
+
+
+def _split(text: str, pieces: int) -> list[str]:
+    """``text`` in ``pieces`` nearly equal pieces (fewer for a short text; [""] if empty)."""
+    if not text:
+        return [""]
+    count = max(1, min(pieces, len(text)))
+    size = -(-len(text) // count)
+    return [text[i : i + size] for i in range(0, len(text), size)]
+
+
+def _tool_call_deltas(reply: _Reply) -> Iterator[dict[str, Any]]:
+    """The ``delta`` of each tool-call chunk: every call's head, then the argument pieces
+    of all calls interleaved (the first piece of each, the second of each, ...)."""
+    calls = reply.tool_calls or []
+    for index, call in enumerate(calls):
+        head = {"index": index, "id": call["id"], "type": "function",
+                "function": {"name": call["name"], "arguments": ""}}  # fmt: skip
+        yield {"tool_calls": [head]}
+    split = [_split(call["arguments"], reply.pieces) for call in calls]
+    for round_ in range(max((len(p) for p in split), default=0)):
+        for index, pieces in enumerate(split):
+            if round_ < len(pieces) and pieces[round_]:
+                piece = {"index": index, "function": {"arguments": pieces[round_]}}
+                yield {"tool_calls": [piece]}
 
 
 def _sse(data: dict[str, Any]) -> bytes:

@@ -27,7 +27,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.db import transaction
-from django.db.models import QuerySet
+from django.db.models import Prefetch, QuerySet
 from django.shortcuts import get_object_or_404
 from drf_spectacular.openapi import AutoSchema
 from drf_spectacular.utils import OpenApiResponse, extend_schema, extend_schema_view
@@ -38,7 +38,7 @@ from mpai.api.auth import AuthenticateHeaderMixin
 from mpai.api.pagination import ConversationCursorPagination, MessageCursorPagination
 from mpai.api.serializers import ConversationMessageSerializer, ConversationSerializer
 from mpai.chat import history_cache
-from mpai.models import Conversation, Message
+from mpai.models import Conversation, Feedback, Message
 
 NOT_FOUND = OpenApiResponse(description="No such conversation of the signed-in user.")
 
@@ -116,4 +116,10 @@ class ConversationMessagesView(AuthenticateHeaderMixin, generics.ListAPIView):
         if getattr(self, "swagger_fake_view", False):  # schema generation: no request user
             return Message.objects.none()
         conversation = get_object_or_404(own_conversations(self.request.user), pk=self.kwargs["pk"])
-        return Message.objects.filter(conversation=conversation).order_by("created_at", "id")
+        user: Any = self.request.user
+        own = Prefetch("feedback", Feedback.objects.filter(user=user), to_attr="own_feedback")
+        return (
+            Message.objects.filter(conversation=conversation)
+            .prefetch_related(own)
+            .order_by("created_at", "id")
+        )

@@ -99,6 +99,10 @@ class PageSizeSerializer(serializers.Serializer):
     per_page = serializers.IntegerField(min_value=1, max_value=100, required=False)
 
 
+#: ``?cursor=last``: the last page of the order (e.g. a conversation's newest messages).
+LAST_PAGE = "last"
+
+
 class KeysetCursorPagination(CursorPagination):
     """DRF's ``CursorPagination`` with a validated ``per_page`` and 400 for a bad cursor.
 
@@ -118,7 +122,8 @@ class KeysetCursorPagination(CursorPagination):
         return size
 
     def decode_cursor(self, request: Request) -> Cursor | None:
-        """Return the request's cursor, ``None`` without one (or an empty ``cursor=``).
+        """Return the request's cursor, ``None`` without one (or an empty ``cursor=``);
+        ``cursor=last`` (:data:`LAST_PAGE`) is the last page of the order.
 
         Raises:
             ValidationError: ``{"cursor": ["Invalid cursor."]}`` (400) for a cursor that
@@ -127,6 +132,10 @@ class KeysetCursorPagination(CursorPagination):
         encoded = request.query_params.get(self.cursor_query_param)
         if not encoded:
             return None
+        if encoded == LAST_PAGE:
+            # DRF's reversed cursor with no position: the last page, still in order,
+            # whose ``previous`` leads back (an infinite scroll upwards starts here).
+            return Cursor(offset=0, reverse=True, position=None)
         try:
             # DRF's own decoding skips characters outside base64: be strict first.
             b64decode(encoded.encode("ascii"), validate=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from drf_spectacular.utils import extend_schema_field, inline_serializer
 from rest_framework import serializers
 
 from mpai.models import Conversation, Message
@@ -56,12 +57,15 @@ class ConversationMessageSerializer(serializers.ModelSerializer):
     """One message of a conversation (field names as in :class:`ChatHistoryMessageSerializer`).
 
     ``{"id", "conversation", "role", "status", "content", "created_at", "model",
-    "finish_reason"}``; ``role``: ``user`` or ``assistant``; ``status``: ``complete``,
-    ``error``, ``cancelled`` or ``streaming``; ``model`` and ``finish_reason`` are ``""``
+    "finish_reason", "feedback"}``; ``feedback``: the requesting user's own rating of an
+    assistant reply, ``{"rating": "up" | "down", "comment"}``, or ``null``; ``role``:
+    ``user`` or ``assistant``; ``status``: ``complete``, ``error``, ``cancelled`` or
+    ``streaming``; ``model`` and ``finish_reason`` are ``""``
     on user messages.
     """
 
     conversation = serializers.IntegerField(source="conversation_id", read_only=True)
+    feedback = serializers.SerializerMethodField()
 
     class Meta:
         model = Message
@@ -74,8 +78,22 @@ class ConversationMessageSerializer(serializers.ModelSerializer):
             "created_at",
             "model",
             "finish_reason",
+            "feedback",
         ]
         read_only_fields = fields
+
+    @extend_schema_field(
+        inline_serializer(
+            "OwnFeedback",
+            {"rating": serializers.CharField(), "comment": serializers.CharField()},
+            allow_null=True,
+        )
+    )
+    def get_feedback(self, obj: Message) -> dict[str, str] | None:
+        """The requesting user's rating of this reply, ``{"rating", "comment"}``, or
+        ``None``; read from ``obj.own_feedback`` (a ``Prefetch`` of the view)."""
+        own = getattr(obj, "own_feedback", None) or []
+        return {"rating": own[0].rating, "comment": own[0].comment} if own else None
 
 
 class ChatUsageSerializer(serializers.Serializer):

@@ -7,6 +7,9 @@ events" format, https://html.spec.whatwg.org/multipage/server-sent-events.html):
     event: chat.started
     data: {"type": "chat.started", "conversation": 7, "message": 42, ...}
 
+    event: chat.tool
+    data: {"type": "chat.tool", "name": "get_my_memberships", "call_id": "call_1", ...}
+
     event: chat.delta
     data: {"type": "chat.delta", "text": "Your plan "}
 

@@ -12,6 +12,7 @@ from mpai.api.schema import DOCS_ROUTE, SCHEMA_ROUTE, MpaiDocsView, MpaiSchemaVi
 from mpai.api.search import SearchView
 from mpai.api.views import ChatHistoryView
 from mpai.health.endpoints import LivenessView, ReadinessView
+from mpai.usage.api import UsageView
 
 app_name = "mpai_api"
 
@@ -26,6 +27,7 @@ urlpatterns = [
         name="conversation-messages",
     ),
     path("v1/search/", SearchView.as_view(), name="search"),
+    path("v1/usage/", UsageView.as_view(), name="usage"),
     path("v1/export/", ExportView.as_view(), name="export"),
     path("v1/history/erase/", EraseView.as_view(), name="erase"),
     path(

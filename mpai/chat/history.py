@@ -17,6 +17,7 @@ from django.utils import timezone
 
 from mpai.chat import history_cache
 from mpai.chat.memory import ConversationMemory
+from mpai.chat.tool_loop import with_tool_note
 from mpai.conf import mpai_settings
 from mpai.models import Conversation, Message
 
@@ -52,6 +53,8 @@ def load_history(conversation: Conversation, *, limit: int, before: int) -> list
     ``before``, oldest first, as ``[{"role", "content"}]``.
 
     Shown: complete or cancelled, with text (a failed reply's partial text stays out).
+    A reply that called tools comes with a note of its calls and results before its
+    text (:func:`mpai.chat.tool_loop.with_tool_note`).
     """
     rows = (
         Message.objects.filter(
@@ -61,9 +64,12 @@ def load_history(conversation: Conversation, *, limit: int, before: int) -> list
         )
         .exclude(content="")
         .order_by("-created_at", "-pk")
-        .values_list("role", "content")[:limit]
+        .values_list("role", "content", "tool_calls")[:limit]
     )
-    return [{"role": role, "content": content} for role, content in reversed(rows)]
+    return [
+        {"role": role, "content": with_tool_note(content, tool_calls)}
+        for role, content, tool_calls in reversed(rows)
+    ]
 
 
 class ConversationHistory:

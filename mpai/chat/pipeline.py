@@ -3,7 +3,8 @@
 :meth:`ChatPipeline.stream` validates a message, saves it with an empty assistant
 reply (status ``streaming``) in one transaction, and returns a
 :class:`~mpai.chat.turns.TurnStream` of events: ``Started``, the reply's ``Delta``
-events as the provider streams them, and one ``Finished`` once the reply is saved,
+events as the provider streams them (and ``ToolEvent`` events when the model calls
+tools: :mod:`mpai.chat.tool_loop`), and one ``Finished`` once the reply is saved,
 also when it was interrupted (partial text with status ``error`` or ``cancelled``:
 nothing the user saw is lost). :meth:`ChatPipeline.complete` drains the stream.
 
@@ -15,7 +16,8 @@ thread. Signals are sent at each measurement point (:mod:`mpai.signals`; README,
 from __future__ import annotations
 
 import logging
-from collections.abc import Generator, Iterator
+from collections.abc import Generator, Iterator, Sequence
+from dataclasses import dataclass, replace
 from typing import Any
 
 from django.db import IntegrityError, transaction
@@ -32,13 +34,37 @@ from mpai.chat.model_choice import choose_model
 from mpai.chat.ratelimit import enforce
 from mpai.chat.saving import release_db_connection, save_reply
 from mpai.chat.titles import default_title
+from mpai.chat.tool_loop import (
+    ROUND_SEPARATOR,
+    assistant_tool_message,
+    summed_usage,
+    tool_record,
+    with_tool_note,
+)
 from mpai.chat.trace import Trace
-from mpai.chat.turns import ChatTurn, Delta, Event, Finished, Started, TurnResult, TurnStream
+from mpai.chat.turns import (
+    ChatTurn,
+    Delta,
+    Event,
+    Finished,
+    ReplyBuffer,
+    Started,
+    ToolEvent,
+    TurnResult,
+    TurnStream,
+)
 from mpai.chat.validation import validate_client_id, validate_content, validate_page
 from mpai.conf import mpai_settings
-from mpai.exceptions import ConversationNotFound, MessageTooLong, MpaiError
+from mpai.exceptions import (
+    ConversationNotFound,
+    MessageTooLong,
+    MpaiError,
+    ToolIterationsExceeded,
+)
 from mpai.models import Conversation, Message
-from mpai.providers import ChatProvider, ChatRequest, Usage, get_provider
+from mpai.providers import ChatProvider, ChatRequest, ToolCall, Usage, get_provider
+from mpai.tools import ToolResult, enabled_tools, run_tool_calls, tool_messages
+from mpai.usage.quotas import check_quota
 
 logger = logging.getLogger(__name__)
 
@@ -58,8 +84,24 @@ __all__ = [
     "cancel_all_turns",
 ]
 
-#: (text, finish_reason, usage, error) of a provider stream.
-Streamed = tuple[str, str | None, Usage | None, MpaiError | None]
+
+@dataclass
+class Streamed:
+    """What one provider request of a turn gave.
+
+    Attributes:
+        text: the text of this request's reply (a part of the turn's reply).
+        finish_reason: the provider's, or None.
+        usage: the provider's figures for this request, or None.
+        error: the error that ended the stream, or None.
+        tool_calls: the calls the reply asks for, ``{"id", "name", "arguments"}``.
+    """
+
+    text: str
+    finish_reason: str | None
+    usage: Usage | None
+    error: MpaiError | None
+    tool_calls: tuple[ToolCall, ...] = ()
 
 
 def send_robust(signal: Signal, **kwargs: Any) -> None:
@@ -163,6 +205,8 @@ class ChatPipeline:
             earlier = replay.find_exchange(user, cid, trace)
             if earlier is not None:
                 return earlier
+        # After the replay: a resend of a message already answered is not a new one.
+        check_quota(user)
         try:
             # One transaction: a client_id race leaves no empty conversation behind.
             # Both messages in one INSERT; the conversation's updated_at moves when the
@@ -261,7 +305,7 @@ class ChatPipeline:
             timings_ms=result.timings_ms,
         )
 
-    def _generate(self, turn: ChatTurn) -> Generator[Delta, None, TurnResult]:
+    def _generate(self, turn: ChatTurn) -> Generator[Event, None, TurnResult]:
         trace, common = turn.trace, {"user": turn.user, "conversation": turn.conversation}
         if turn.cancelled:  # cancelled before it began: no provider request at all
             return self._finish(turn, None, None, None)
@@ -278,7 +322,10 @@ class ChatPipeline:
             signals.context_built, trace=trace, messages=context.messages, model=model, **common
         )
 
-        request = ChatRequest(model=model, messages=context.messages)
+        # Tools the user may use are offered on every request of the turn (the cache
+        # key covers them); a turn that called any is never stored in the cache.
+        offered = [tool.openai_schema() for tool in enabled_tools(turn.user)] or None
+        request = ChatRequest(model=model, messages=context.messages, tools=offered)
         use_cache = turn.use_cache and mpai_settings.RESPONSE_CACHE_ENABLED
         cached = response_cache.lookup(request) if use_cache else None
         if cached is not None:
@@ -295,10 +342,10 @@ class ChatPipeline:
             result = self._finish(turn, cached.finish_reason, cached.usage, None)
         else:
             release_db_connection()  # the stream does no database work, for seconds
-            _text, finish_reason, usage, error = yield from self._stream(turn, request)
+            finish_reason, usage, error = yield from self._converse(turn, request)
             result = self._finish(turn, finish_reason, usage, error)
             complete = result.status == Message.Status.COMPLETE
-            if use_cache and complete and not turn.refusal:
+            if use_cache and complete and not turn.refusal and not turn.tool_records:
                 text = result.message.content
                 turn.after_finish.append(
                     lambda: response_cache.store(
@@ -306,32 +353,109 @@ class ChatPipeline:
                     )
                 )
         self.history.remember(
-            turn.conversation, turn.user, memory, query=query, reply=result.message.content
+            turn.conversation,
+            turn.user,
+            memory,
+            query=query,
+            reply=with_tool_note(result.message.content, turn.tool_records),
         )
         return result
 
-    def _stream(self, turn: ChatTurn, request: ChatRequest) -> Generator[Delta, None, Streamed]:
-        """Call the provider and yield its deltas; return (text, finish, usage, error)."""
+    def _converse(
+        self, turn: ChatTurn, request: ChatRequest
+    ) -> Generator[Event, None, tuple[str | None, Usage | None, MpaiError | None]]:
+        """The provider requests of a turn; return (finish_reason, usage, error).
+
+        One request, unless it offers tools and the model asks for some: then the calls
+        run (:meth:`_run_tools`) and the conversation goes again with the calls and
+        their results (:mod:`mpai.chat.tool_loop`), until the model answers in text.
+        After ``MPAI["TOOL_MAX_ITERATIONS"]`` rounds of calls, a reply still asking for
+        tools ends the turn with :class:`ToolIterationsExceeded` (its calls not run).
+        ``usage`` is summed over the requests. A cancel stops the loop between and
+        during tool calls.
+        """
+        limit = max(int(mpai_settings.TOOL_MAX_ITERATIONS), 0)
+        usage: Usage | None = None
+        rounds = 0
+        wrote_text = False
+        while True:
+            streamed = yield from self._stream(
+                turn, request, separator=ROUND_SEPARATOR if wrote_text else ""
+            )
+            wrote_text = wrote_text or bool(streamed.text)
+            usage = summed_usage(usage, streamed.usage)
+            calls = streamed.tool_calls
+            if not (request.tools and calls) or streamed.error or turn.cancelled or turn.refusal:
+                return streamed.finish_reason, usage, streamed.error
+            if rounds >= limit:
+                logger.warning("mpai turn still asked for tools after %d rounds", rounds)
+                return streamed.finish_reason, usage, ToolIterationsExceeded()
+            rounds += 1
+            results = yield from self._run_tools(turn, calls)
+            if turn.cancelled:
+                return None, usage, None
+            messages = [
+                *request.messages,
+                assistant_tool_message(streamed.text, calls),
+                *tool_messages(results),
+            ]
+            request = replace(request, messages=messages)
+
+    def _run_tools(
+        self, turn: ChatTurn, calls: Sequence[ToolCall]
+    ) -> Generator[ToolEvent, None, list[ToolResult]]:
+        """Run one round of tool calls (concurrently, ``MPAI["TOOL_MAX_CONCURRENCY"]`` at
+        most); yield a ``started`` event per call first, then one per result."""
+        for call in calls:
+            yield ToolEvent(call["name"], call["id"], "started")
+        results = run_tool_calls(turn.user, calls, cancel_event=turn.cancel_event)
+        for call, result in zip(calls, results, strict=True):
+            turn.tool_records.append(tool_record(call, result))
+            send_robust(
+                signals.tool_called,
+                trace=turn.trace,
+                user=turn.user,
+                conversation=turn.conversation,
+                name=result.name,
+                call_id=result.call_id,
+                status=result.status,
+                duration_ms=result.duration_ms,
+                error_code=result.error_code,
+            )
+            yield ToolEvent(
+                result.name, result.call_id, result.status, result.duration_ms, result.error_code
+            )
+        return results
+
+    def _stream(
+        self, turn: ChatTurn, request: ChatRequest, *, separator: str = ""
+    ) -> Generator[Delta, None, Streamed]:
+        """Call the provider once and yield its deltas (``separator`` first, before the
+        first text, when given); return what the request gave."""
         trace, common = turn.trace, {"user": turn.user, "conversation": turn.conversation}
         reply = turn.reply
+        text = ReplyBuffer()
         finish_reason: str | None = None
         usage: Usage | None = None
         error: MpaiError | None = None
+        tool_calls: tuple[ToolCall, ...] = ()
         provider = self.provider
         trace.provider_name = provider.provider_name
-        trace.mark(points.API_REQUEST_SENT)
+        # The first request's times (a tool loop sends more): first_token stays the
+        # wait the user had for the first text.
+        trace.mark_once(points.API_REQUEST_SENT)
         send_robust(signals.api_request_sent, trace=trace, request=request, **common)
         try:
             stream = provider.open_stream(request)
         except MpaiError as exc:
-            return "", None, None, exc
+            return Streamed("", None, None, exc)
         except Exception as exc:
             logger.exception("mpai provider failed to open a stream")
             error = MpaiError()
             error.__cause__ = exc
-            return "", None, None, error
-        trace.attempts = stream.attempts
-        trace.mark(points.API_RESPONSE_RECEIVED)
+            return Streamed("", None, None, error)
+        trace.attempts += stream.attempts
+        trace.mark_once(points.API_RESPONSE_RECEIVED)
         send_robust(signals.api_response_received, trace=trace, attempts=stream.attempts, **common)
         turn._stream = stream
         try:
@@ -343,11 +467,17 @@ class ChatPipeline:
                 if chunk.text:
                     trace.mark_once(points.FIRST_DELTA)
                     trace.mark(points.LAST_DELTA)
+                    if separator:
+                        reply.write(separator)
+                        yield Delta(separator)
+                        separator = ""
                     reply.write(chunk.text)
+                    text.write(chunk.text)
                     yield Delta(chunk.text)
                 finish_reason = chunk.finish_reason or finish_reason
                 turn.refusal = turn.refusal or chunk.refusal
                 usage = chunk.usage or usage
+                tool_calls = chunk.tool_calls or tool_calls
         except MpaiError as exc:
             error = exc
         except Exception as exc:
@@ -357,7 +487,7 @@ class ChatPipeline:
                 error.__cause__ = exc
         finally:
             stream.close()
-        return reply.getvalue(), finish_reason, usage, error
+        return Streamed(text.getvalue(), finish_reason, usage, error, tool_calls)
 
     def _finish(
         self,
@@ -396,6 +526,7 @@ class ChatPipeline:
         message.prompt_tokens = usage.prompt_tokens if usage else None
         message.completion_tokens = usage.completion_tokens if usage else None
         message.cached = trace.cached
+        message.tool_calls = list(turn.tool_records) or None
         save_reply(message)
         trace.mark(points.SAVED)
         trace.mark(points.REQUEST_COMPLETE)

@@ -1,9 +1,11 @@
 """The response cache (complete replies, 30 minutes by default).
 
-Keyed by a SHA-256 of what changes the answer: the model, the messages and the
-sampling parameters, and of the site (:mod:`mpai.site_identity`), so sites sharing one
-Redis never serve each other's replies; an entry also claims its site and
-is a miss for any other. Only complete replies (``finish_reason`` ``stop``) are stored.
+Keyed by a SHA-256 of what changes the answer: the model, the messages, the tools
+offered and the sampling parameters, and of the site (:mod:`mpai.site_identity`), so
+sites sharing one Redis never serve each other's replies; an entry also claims its site
+and is a miss for any other. Only complete replies (``finish_reason`` ``stop``) are
+stored, and never a reply whose turn called tools (it rests on live data; the pipeline
+does not store it).
 Entries live in the ``api_response`` group (:mod:`mpai.chat.cache_groups`),
 ``MPAI["RESPONSE_CACHE_TIMEOUT"]`` seconds (default: the group's 30 minutes). Without a
 site identity (its database row unreadable) nothing is looked up or stored.
@@ -52,6 +54,8 @@ def cache_key(request: ChatRequest, site: str | None = None) -> str:
         "temperature": request.temperature,
         "extra": request.extra,
     }
+    if request.tools:  # only then, so the keys of requests without tools stay the same
+        payload["tools"] = request.tools
     raw = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
     return hashlib.sha256(raw.encode("ascii")).hexdigest()
 

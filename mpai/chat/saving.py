@@ -42,6 +42,7 @@ REPLY_FIELDS = (
     "prompt_tokens",
     "completion_tokens",
     "cached",
+    "tool_calls",
 )
 
 

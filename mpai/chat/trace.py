@@ -25,7 +25,8 @@ class Trace:
     Attributes:
         request_id: a random hex id for this request.
         marks: point name → ``time.monotonic_ns()`` when it was reached.
-        attempts: HTTP requests made to the provider (1 + retries; 0 when cached).
+        attempts: HTTP requests made to the provider (1 + retries; 0 when cached;
+            summed over the requests of a tool loop).
         cached: True when the reply came from the response cache.
         provider_name: the provider's ``provider_name`` once a request was sent
             (OpenTelemetry's ``gen_ai.provider.name``), else "".
@@ -62,8 +63,10 @@ class Trace:
 
         ``context``, ``api_wait`` (request sent → response received), ``first_token``
         (request sent → first delta; from the start of the turn when cached or
-        replayed), ``generation`` (first → last delta), ``processing`` (last delta →
-        saved) and ``total`` (start → complete).
+        replayed; in a tool loop both from the turn's first request, so
+        ``first_token`` includes the tool calls before the first text), ``generation``
+        (first → last delta), ``processing`` (last delta → saved) and ``total``
+        (start → complete).
         """
         from_point = START if (self.cached or self.replayed) else API_REQUEST_SENT
         return {

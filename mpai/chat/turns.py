@@ -6,10 +6,13 @@ returns a :class:`TurnStream`: an iterator of typed events,
 - :class:`Started` first (the ids, known once the exchange is saved),
 - :class:`Delta` for each piece of the reply, in order (their texts concatenated are
   exactly the saved reply),
+- :class:`ToolEvent` when the model calls a tool (``MPAI["TOOLS"]``): one with
+  status ``started`` per call before the calls run, one with the call's outcome
+  after; they come between deltas, in the order things happen,
 - :class:`Finished` last, exactly once, with the :class:`TurnResult` (its ``error``
   set when the turn failed).
 
-Tool events will come between ``Started`` and ``Finished``. A :class:`TurnStream` is
+A :class:`TurnStream` is
 iterated by one thread at a time; :meth:`TurnStream.cancel` may be called from any
 thread. A stream closed or dropped before its end is drained on a background thread:
 the reply still finishes and is saved (a client that goes away is not a cancel).
@@ -55,13 +58,32 @@ class Delta:
 
 
 @dataclass(frozen=True, slots=True)
+class ToolEvent:
+    """A tool call of the reply started or ended (the ``chat.tool`` frame).
+
+    Attributes:
+        name: the function name the model called.
+        call_id: the call's id (the model's ``tool_calls[].id``).
+        status: ``"started"``, then ``"ok"``, ``"error"`` or ``"cancelled"``.
+        duration_ms: how long the call took (ms), once it ended; None when started.
+        error_code: the error's code (``mpai.tools.execution``) for ``"error"``.
+    """
+
+    name: str
+    call_id: str
+    status: str
+    duration_ms: float | None = None
+    error_code: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Finished:
     """The reply is saved; ``result.error`` says whether the turn failed."""
 
     result: TurnResult
 
 
-Event = Started | Delta | Finished
+Event = Started | Delta | ToolEvent | Finished
 
 
 # --- turns -----------------------------------------------------------------------------
@@ -119,6 +141,8 @@ class ChatTurn:
     refusal: bool = False
     # Work that waits until the client has the final event (cache writes).
     after_finish: list[Callable[[], object]] = field(default_factory=list, repr=False)
+    # The tool calls of the reply and their results (Message.tool_calls), in order.
+    tool_records: list[dict[str, Any]] = field(default_factory=list, repr=False)
 
     def cancel(self) -> None:
         """Stop the reply (the stop button); safe to call from any thread."""
@@ -130,6 +154,11 @@ class ChatTurn:
     @property
     def cancelled(self) -> bool:
         return self._cancelled.is_set()
+
+    @property
+    def cancel_event(self) -> threading.Event:
+        """Set by :meth:`cancel` (for work that waits, e.g. tool calls)."""
+        return self._cancelled
 
     def wait_cancelled(self, timeout: float) -> bool:
         """Wait up to ``timeout`` s for a cancel; return whether there was one."""

@@ -21,9 +21,12 @@ https://opentelemetry.io/docs/specs/otel/compatibility/prometheus_and_openmetric
 mpai's own metrics: ``mpai_chat_turns_total{outcome}``,
 ``mpai_stage_duration_seconds{stage}``, ``mpai_cache_requests_total{layer,result}``,
 ``mpai_rate_limited_total``, ``mpai_provider_errors_total{code}``, ``mpai_active_turns``
-and ``mpai_websocket_connections`` (gauges), and
+and ``mpai_websocket_connections`` (gauges),
 ``mpai_http_request_duration_seconds{route,method,status_class}`` (recorded by
-:class:`mpai.metrics.middleware.ResponseTimeMiddleware`).
+:class:`mpai.metrics.middleware.ResponseTimeMiddleware`), and for tool calls
+(``MPAI["TOOLS"]``) ``mpai_tool_calls_total{tool,outcome}`` and
+``mpai_tool_call_duration_seconds{tool}`` (fed by the ``tool_called`` signal,
+:func:`observe_tool_call`).
 
 Every label has a bounded set of values: outcomes and error codes are mpai's error codes
 (anything else is reported as ``other``), stages are :data:`~mpai.metrics.record.STAGES`,
@@ -46,6 +49,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import threading
 import time
 
@@ -68,6 +72,7 @@ __all__ = [
     "cache_request",
     "exposition",
     "observe_http_request",
+    "observe_tool_call",
     "observe_turn",
     "rate_limited",
     "turn_ended",
@@ -175,6 +180,21 @@ HTTP_REQUEST_DURATION = Histogram(
     buckets=HTTP_BUCKETS,
 )
 
+TOOL_CALLS = Counter(
+    "mpai_tool_calls",
+    "Tool calls the model made, by tool and outcome (ok, cancelled or the error code).",
+    ["tool", "outcome"],
+)
+TOOL_CALL_DURATION = Histogram(
+    "mpai_tool_call_duration_seconds",
+    "Duration (s) of each tool call, from its start to its result, timeout or cancel.",
+    ["tool"],
+    buckets=DURATION_BUCKETS,
+)
+
+#: A tool's own ToolError code becomes a label only when it looks like one.
+_TOOL_CODE = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
+
 _HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 _known_codes: frozenset[str] | None = None
@@ -262,6 +282,33 @@ def observe_turn(record: TurnRecord) -> None:
                 gen_ai_request_model=model,
                 gen_ai_token_type=token_type,
             ).observe(max(0, count))
+
+
+def observe_tool_call(tool: str, status: str, duration_ms: float, error_code: str | None) -> None:
+    """Record one ended tool call (from any thread).
+
+    - ``mpai_tool_calls_total{tool,outcome}`` += 1, ``outcome`` ``ok``, ``cancelled``
+      or the error code (``mpai.tools.execution``'s or the tool's own; one that is not
+      snake_case, up to 40 characters, is ``other``);
+    - ``mpai_tool_call_duration_seconds{tool}``: ``duration_ms`` converted to s.
+
+    ``tool`` is the called name when it is a configured tool, else ``other`` (the model
+    may call any name; labels stay bounded).
+    """
+    from mpai.tools.registry import configured_tools
+
+    try:
+        known = tool in configured_tools()
+    except Exception:  # a broken MPAI["TOOLS"] fails turns, not metrics
+        known = False
+    label = tool if known else OTHER
+    if status in ("ok", "cancelled"):
+        outcome = status
+    else:
+        code = error_code or "error"
+        outcome = code if _TOOL_CODE.match(code) else OTHER
+    TOOL_CALLS.labels(tool=label, outcome=outcome).inc()
+    TOOL_CALL_DURATION.labels(tool=label).observe(max(0.0, float(duration_ms)) / 1000.0)
 
 
 def observe_http_request(route: str, method: str, status: int, seconds: float) -> None:

@@ -1,4 +1,4 @@
-"""The ``request_complete`` receiver that feeds the turn metrics.
+"""The ``request_complete`` receiver that feeds the turn metrics (and ``tool_called``'s).
 
 :func:`on_request_complete` builds a :class:`~mpai.metrics.record.TurnRecord` and puts
 it on a bounded queue; one daemon thread per process takes records off it and
@@ -107,6 +107,29 @@ def on_request_complete(
     submit(turn)
 
 
+def on_tool_called(
+    *,
+    name: str,
+    status: str,
+    duration_ms: float,
+    error_code: str | None = None,
+    **kwargs: Any,
+) -> None:
+    """Receiver of ``tool_called``: count the call and its duration in the Prometheus
+    metrics (``mpai.metrics.prometheus.observe_tool_call``, when it exists), unless
+    ``MPAI["METRICS_ENABLED"]`` is off. Cheap (a counter and a histogram), so it runs
+    in the turn's thread, not through the recorder queue."""
+    if not mpai_settings.METRICS_ENABLED:
+        return
+    try:
+        module = importlib.import_module("mpai.metrics.prometheus")
+    except ImportError:
+        return
+    observe = getattr(module, "observe_tool_call", None)
+    if callable(observe):
+        observe(name, status, duration_ms, error_code)
+
+
 def submit(turn: TurnRecord) -> bool:
     """Queue ``turn`` for the recorder thread; False (and counted) when the queue is full."""
     global dropped
@@ -191,9 +214,13 @@ def flush(timeout: float = 5.0) -> bool:
 
 
 def connect() -> None:
-    """Connect :func:`on_request_complete` (idempotent: one dispatch_uid)."""
+    """Connect :func:`on_request_complete` and :func:`on_tool_called` (idempotent:
+    one dispatch_uid each)."""
     from mpai import signals
 
     signals.request_complete.connect(
         on_request_complete, dispatch_uid="mpai.metrics.receivers.on_request_complete"
+    )
+    signals.tool_called.connect(
+        on_tool_called, dispatch_uid="mpai.metrics.receivers.on_tool_called"
     )

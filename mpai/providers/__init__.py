@@ -16,7 +16,16 @@ from django.utils.module_loading import import_string
 
 from mpai.conf import mpai_settings
 
-from .base import ChatProvider, ChatRequest, ChatStream, Completion, StreamChunk, Usage
+from .base import (
+    ChatProvider,
+    ChatRequest,
+    ChatStream,
+    Completion,
+    StreamChunk,
+    ToolCall,
+    ToolCallAssembler,
+    Usage,
+)
 
 __all__ = [
     "ChatProvider",
@@ -24,6 +33,8 @@ __all__ = [
     "ChatStream",
     "Completion",
     "StreamChunk",
+    "ToolCall",
+    "ToolCallAssembler",
     "Usage",
     "build_provider",
     "get_provider",

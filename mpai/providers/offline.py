@@ -18,6 +18,18 @@ Replies are chosen deterministically (same messages, same reply), first match wi
    the corpus, or from the packaged replies (the Apache-2.0 oasst1 and arena-hard-auto
    records, see ``data/ATTRIBUTION.md``).
 
+Tools (``request.tools``, OpenAI function calling), before 3 when offered:
+
+- the request holds tool results after the last user message (the follow-up of a
+  round of calls): the answer is composed from them (:func:`tool_results_reply`);
+- else the offered tools whose trigger (:data:`TOOL_TRIGGERS`) matches the question
+  are called, all in one reply with ``finish_reason`` ``"tool_calls"`` and no text:
+  ``get_my_memberships`` for the user's own membership, plan, subscription or
+  renewal, ``list_plans`` for plans, prices, upgrades or the annual plan,
+  ``search_help_articles`` (``{"query": <the question>}``) for how-to and help
+  questions (resetting, cancelling, payments). Call ids are stable: ``call_`` and
+  the first 24 hex digits of a SHA-256 of the question and the tool's name.
+
 The context format recognised (what :func:`mpai.chat.sections.render` writes): the
 system message holds sections, each a ``## <Heading>`` line followed by its text up to
 the next ``## `` line. A section whose heading names help, articles, FAQ or guides
@@ -30,6 +42,7 @@ or subscription describes the user's plan: ``key: value`` lines (a ``plan`` or
 
 from __future__ import annotations
 
+import datetime
 import functools
 import hashlib
 import itertools
@@ -42,7 +55,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from .base import ChatProvider, ChatRequest, ChatStream, StreamChunk, Usage
+from .base import ChatProvider, ChatRequest, ChatStream, StreamChunk, ToolCall, Usage
 
 _TOKEN_RE = re.compile(r"\s*\S+\s*|\s+")
 
@@ -320,6 +333,177 @@ def context_reply(messages: list[dict[str, str]]) -> str | None:
     return "\n\n".join(parts) or None
 
 
+# --- tools -------------------------------------------------------------------------------
+
+#: Which offered tool a question calls, in this order (see the module docstring).
+TOOL_TRIGGERS: tuple[tuple[str, re.Pattern[str]], ...] = (
+    (
+        "get_my_memberships",
+        re.compile(
+            r"\bmy (?:\w+ )?(?:membership|plan|subscription|tier)s?\b|\brenew\w*"
+            r"|\bam i (?:on|subscribed|a member)\b",
+            re.I,
+        ),
+    ),
+    (
+        "list_plans",
+        re.compile(r"\b(?:plans|pric\w*|upgrad\w*|annual|yearly|tiers|cost\w*)\b", re.I),
+    ),
+    (
+        "search_help_articles",
+        re.compile(
+            r"\bhow (?:do|can|could|should) i\b|\bhelp\b|\breset\w*|\bcancel\w*"
+            r"|\bpayment\w*|\brefund\w*|\bpassword\b",
+            re.I,
+        ),
+    ),
+)
+
+
+def offered_tool_names(request: ChatRequest) -> list[str]:
+    """The function names of ``request.tools``, in order."""
+    names = []
+    for entry in request.tools or []:
+        function = entry.get("function") if isinstance(entry, dict) else None
+        if isinstance(function, dict) and isinstance(function.get("name"), str):
+            names.append(function["name"])
+    return names
+
+
+def _since_last_user(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    for position in range(len(messages) - 1, -1, -1):
+        if messages[position].get("role") == "user":
+            return messages[position + 1 :]
+    return messages
+
+
+def tool_calls_for(request: ChatRequest) -> tuple[ToolCall, ...]:
+    """The calls the offline model makes for ``request`` (see the module docstring):
+    none when no tool is offered, when tool results already follow the question, or
+    when no offered tool's trigger matches it."""
+    offered = offered_tool_names(request)
+    if not offered or any(m.get("role") == "tool" for m in _since_last_user(request.messages)):
+        return ()
+    question = next(
+        (m.get("content") or "" for m in reversed(request.messages) if m.get("role") == "user"),
+        "",
+    )
+    calls = []
+    for name, trigger in TOOL_TRIGGERS:
+        if name not in offered or not trigger.search(question):
+            continue
+        arguments = {"query": question[:500]} if name == "search_help_articles" else {}
+        digest = hashlib.sha256(f"{question}\0{name}".encode()).hexdigest()[:24]
+        calls.append({"id": f"call_{digest}", "name": name, "arguments": json.dumps(arguments)})
+    return tuple(calls)
+
+
+def _long_date(value: Any) -> Any:
+    """``"2027-01-04"`` (a tool's JSON date) as ``"4 January 2027"``; other values as
+    they are."""
+    if isinstance(value, str):
+        try:
+            day = datetime.date.fromisoformat(value[:10])
+        except ValueError:
+            return value
+        return f"{day.day} {day:%B %Y}"
+    return value
+
+
+def _membership_lines(value: dict[str, Any]) -> list[str]:
+    memberships = [m for m in value.get("memberships") or [] if isinstance(m, dict)]
+    if not memberships:
+        return ["I found no membership on your account."]
+    lines: list[str] = []
+    for membership in memberships:
+        plan = membership.get("plan") or membership.get("name") or "your"
+        price = membership.get("price")
+        intro = f"You're on the **{plan}** plan" + (f" ({price})" if price else "") + "."
+        status, renews = membership.get("status"), _long_date(membership.get("renews_at"))
+        if status:
+            intro += f" Its status is {status}"
+            intro += f" and it renews on {renews}." if renews else "."
+        elif renews:
+            intro += f" It renews on {renews}."
+        lines.append(intro)
+        benefits = [str(b) for b in membership.get("benefits") or []]
+        if benefits:
+            lines += ["", "It includes:", "", *(f"- {b}" for b in benefits)]
+    return lines
+
+
+def _plan_lines(value: dict[str, Any]) -> list[str]:
+    plans = [p for p in value.get("plans") or [] if isinstance(p, dict)]
+    if not plans:
+        return ["I found no plans on offer."]
+    lines = ["The plans on offer:", ""]
+    for plan in plans:
+        line = f"- **{plan.get('name')}**" + (f": {plan['price']}" if plan.get("price") else "")
+        benefits = [str(b) for b in plan.get("benefits") or []]
+        if benefits:
+            line += f" ({'; '.join(benefits)})"
+        lines.append(line)
+    return lines
+
+
+def _article_lines(value: dict[str, Any]) -> list[str]:
+    articles = [a for a in value.get("articles") or [] if isinstance(a, dict)]
+    if not articles:
+        return ["I found no help article about that."]
+    best = articles[0]
+    title = str(best.get("title") or "Help")
+    lines = _article_reply(title, str(best.get("excerpt") or "")).splitlines()
+    if best.get("url"):
+        lines += ["", f"More: {best['url']}"]
+    others = [str(a.get("title")) for a in articles[1:] if a.get("title")]
+    if others:
+        lines += ["", "Related: " + ", ".join(f"**{t}**" for t in others)]
+    return lines
+
+
+def tool_results_reply(messages: list[dict[str, Any]]) -> str | None:
+    """The answer composed from the tool results after the last user message, or None
+    when there are none.
+
+    Results are the ``tool`` messages (``content`` the tool's JSON), matched to their
+    calls' names by ``tool_call_id`` through the assistant messages' ``tool_calls``
+    (OpenAI Chat Completions). ``memberships``, ``plans`` and ``articles`` results are
+    written out in Markdown; an error result says the look-up failed and why.
+    """
+    recent = _since_last_user(messages)
+    names = {
+        call.get("id"): (call.get("function") or {}).get("name")
+        for message in recent
+        if message.get("role") == "assistant"
+        for call in message.get("tool_calls") or []
+        if isinstance(call, dict)
+    }
+    parts: list[str] = []
+    for message in recent:
+        if message.get("role") != "tool":
+            continue
+        name = names.get(message.get("tool_call_id")) or "the tool"
+        try:
+            value = json.loads(message.get("content") or "null")
+        except ValueError:
+            value = None
+        if not isinstance(value, dict):
+            parts.append(f"I could not read what {name} answered.")
+        elif isinstance(value.get("error"), dict):
+            why = value["error"].get("message") or value["error"].get("code") or "an error"
+            parts.append(f"I could not look that up with {name}: {why}")
+        elif "memberships" in value:
+            parts.append("\n".join(_membership_lines(value)))
+        elif "plans" in value:
+            parts.append("\n".join(_plan_lines(value)))
+        elif "articles" in value:
+            parts.append("\n".join(_article_lines(value)))
+        else:
+            facts = [f"- **{key}:** {json.dumps(item, default=str)}" for key, item in value.items()]
+            parts.append("\n".join([f"Here is what {name} found:", "", *facts]))
+    return "\n\n".join(parts) or None
+
+
 # --- titles -------------------------------------------------------------------------------
 
 #: A title request's question (``mpai.chat.titles``): the first exchange, quoted.
@@ -367,11 +551,18 @@ class OfflineStream(ChatStream):
     """Streams ``text`` word by word with the configured pacing; ``close()`` stops it."""
 
     def __init__(
-        self, text: str, *, prompt_tokens: int, first_token_s: float, token_interval_s: float
+        self,
+        text: str,
+        *,
+        prompt_tokens: int,
+        first_token_s: float,
+        token_interval_s: float,
+        tool_calls: tuple[ToolCall, ...] = (),
     ) -> None:
         # Tokens are found as they are sent: a list of every piece of a long reply would
         # cost about 50 bytes of object header per piece.
         self._text = text
+        self._tool_calls = tool_calls
         self._prompt_tokens = prompt_tokens
         self._first_token_s = first_token_s
         self._interval_s = token_interval_s
@@ -389,11 +580,15 @@ class OfflineStream(ChatStream):
             sent = match.end()
             yield StreamChunk(text=match.group())
         completion_tokens = rough_token_count(self._text[:sent])
+        completion_tokens += sum(
+            rough_token_count(call["name"] + call["arguments"]) for call in self._tool_calls
+        )
         yield StreamChunk(
-            finish_reason="stop",
+            finish_reason="tool_calls" if self._tool_calls else "stop",
             usage=Usage(
                 self._prompt_tokens, completion_tokens, self._prompt_tokens + completion_tokens
             ),
+            tool_calls=self._tool_calls,
         )
 
     def close(self) -> None:
@@ -438,6 +633,10 @@ class OfflineProvider(ChatProvider):
             titled = self._title_reply(prompt)
             if titled is not None:
                 return titled
+        if request.tools:
+            answered = tool_results_reply(request.messages)
+            if answered is not None:
+                return answered
         if self.corpus:
             answers, _ = load_corpus(self.corpus)
             if prompt in answers:
@@ -468,10 +667,14 @@ class OfflineProvider(ChatProvider):
         return "\n".join(answers) or None
 
     def open_stream(self, request: ChatRequest) -> ChatStream:
-        prompt_tokens = sum(rough_token_count(m.get("content", "")) + 4 for m in request.messages)
+        """A stream of :meth:`reply_for`'s text, or of the tool calls the request gets
+        (:func:`tool_calls_for`, when ``reply`` is not set; then no text)."""
+        prompt_tokens = sum(rough_token_count(m.get("content") or "") + 4 for m in request.messages)
+        calls = tool_calls_for(request) if self.reply is None else ()
         return OfflineStream(
-            self.reply_for(request),
+            "" if calls else self.reply_for(request),
             prompt_tokens=prompt_tokens,
             first_token_s=self.first_token_s,
             token_interval_s=self.token_interval_s,
+            tool_calls=calls,
         )

@@ -18,6 +18,7 @@ import random
 import re
 import threading
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -38,7 +39,15 @@ from mpai.exceptions import (
     ProviderUnavailable,
 )
 
-from .base import ChatProvider, ChatRequest, ChatStream, Completion, StreamChunk
+from .base import (
+    ChatProvider,
+    ChatRequest,
+    ChatStream,
+    Completion,
+    StreamChunk,
+    ToolCall,
+    ToolCallAssembler,
+)
 from .sse import DONE, SSEError, SSEParser, error_fields, loads, parse_chunk, parse_completion
 
 logger = logging.getLogger(__name__)
@@ -165,6 +174,10 @@ class OpenAIProvider(ChatProvider):
             body["max_tokens"] = request.max_tokens
         if request.temperature is not None:
             body["temperature"] = request.temperature
+        if request.tools:
+            # Function calling (OpenAI Chat Completions, "tools" and "tool_choice").
+            body["tools"] = request.tools
+            body["tool_choice"] = "auto"
         body.update(request.extra)
         body["stream"] = stream
         if stream and self.include_usage:
@@ -225,6 +238,12 @@ class OpenAIStream(ChatStream):
     off and :class:`ProviderUnavailable` is raised after the chunks received. It ends
     quietly after :meth:`close`.
 
+    Tool calls (``delta.tool_calls`` pieces, several calls in parallel told apart by
+    ``index``) are assembled as they arrive and handed out whole as the ``tool_calls``
+    of the chunk that carries the ``finish_reason`` (or, if none did, of a last chunk
+    at ``[DONE]``); :attr:`tool_calls` holds them too. Chunks with nothing but pieces
+    are not yielded.
+
     Raises (while iterating):
         ProviderStreamError: ``event: error``, an error object, or unparseable data;
             ``status`` is the error object's numeric ``code`` when it has one.
@@ -247,7 +266,13 @@ class OpenAIStream(ChatStream):
         self._response = response
         self._lock = threading.Lock()
         self._closed = self._reading = self._released = False
+        self._assembler = ToolCallAssembler()
         self._iterator = self._chunks()
+
+    @property
+    def tool_calls(self) -> tuple[ToolCall, ...]:
+        """The tool calls assembled so far, ``({"id", "name", "arguments"}, ...)``."""
+        return self._assembler.calls()
 
     def __enter__(self) -> OpenAIStream:
         return self
@@ -313,10 +338,20 @@ class OpenAIStream(ChatStream):
                 body = b"".join(iter(self._read, b"")).decode("utf-8", "replace")
                 if not self._closed:
                     reply = parse_completion(loads(body), "")
-                    yield StreamChunk(reply.text, reply.finish_reason, reply.usage, reply.refusal)
+                    self._assembler.add(
+                        {"index": index, **call} for index, call in enumerate(reply.tool_calls)
+                    )
+                    yield StreamChunk(
+                        reply.text,
+                        reply.finish_reason,
+                        reply.usage,
+                        reply.refusal,
+                        tool_calls=reply.tool_calls,
+                    )
                 return
             parser = SSEParser()
             finished = False  # a finish_reason arrived
+            handed_out = False  # the assembled tool calls were yielded
             while data := self._read():
                 try:
                     events = parser.feed(data)
@@ -325,10 +360,20 @@ class OpenAIStream(ChatStream):
                 for event in events:
                     chunk = parse_chunk(event)
                     if chunk is DONE:
+                        if self._assembler and not handed_out:
+                            yield StreamChunk(tool_calls=self._assembler.calls())
                         self._drain()
                         return
-                    if isinstance(chunk, StreamChunk):
-                        finished = finished or chunk.finish_reason is not None
+                    if not isinstance(chunk, StreamChunk):
+                        continue
+                    if chunk.tool_call_deltas:
+                        self._assembler.add(chunk.tool_call_deltas)
+                        chunk = replace(chunk, tool_call_deltas=())
+                    if chunk.finish_reason is not None and self._assembler and not handed_out:
+                        handed_out = True
+                        chunk = replace(chunk, tool_calls=self._assembler.calls())
+                    finished = finished or chunk.finish_reason is not None
+                    if chunk.text or chunk.finish_reason or chunk.usage or chunk.tool_calls:
                         yield chunk
             with self._lock:
                 closed = self._closed

@@ -13,7 +13,9 @@ Payloads (:func:`parse_chunk`, :func:`parse_completion`) are OpenAI Chat Complet
 objects (https://platform.openai.com/docs/api-reference/chat-streaming):
 ``chat.completion.chunk`` with ``choices[0].delta.content`` (or ``delta.refusal`` when
 the model refuses) and ``finish_reason``, a final ``usage`` chunk with empty
-``choices``, ``data: [DONE]``; errors arrive as
+``choices``, ``data: [DONE]``; tool calls arrive as ``choices[0].delta.tool_calls``
+pieces, ``[{"index", "id"?, "type"?: "function", "function": {"name"?, "arguments"?}}]``
+(https://platform.openai.com/docs/guides/function-calling, "Streaming"); errors arrive as
 ``{"error": {"message", "type", "code"}}``, as ``event: error``, or (vLLM) as
 ``{"object": "error", "message", "code"}``.
 
@@ -35,7 +37,7 @@ from typing import Any, Final
 
 from mpai.exceptions import ProviderStreamError
 
-from .base import Completion, StreamChunk, Usage
+from .base import Completion, StreamChunk, ToolCallAssembler, Usage
 
 _EOL = re.compile(rb"\r\n|\r|\n")
 
@@ -154,10 +156,13 @@ _FINISH_REASONS = {
 
 def parse_chunk(event: SSEEvent) -> StreamChunk | object | None:
     """Turn one event into a :class:`StreamChunk`, :data:`DONE`, or None when it carries
-    no text, finish reason or usage (role-only first chunks, empty deltas).
+    no text, finish reason, usage or tool call piece (role-only first chunks, empty
+    deltas).
 
     A non-empty ``delta.refusal`` is the chunk's text (after any ``delta.content``) and
-    sets ``refusal``.
+    sets ``refusal``. ``delta.tool_calls`` pieces become ``tool_call_deltas``
+    (``{"index", "id"?, "name"?, "arguments"?}``; assembling them is the stream's work,
+    :class:`~mpai.providers.base.ToolCallAssembler`).
 
     ``finish_reason`` is normalised to stop/length/tool_calls/content_filter (legacy
     ``function_call`` is tool_calls, unknown values are stop). Only choice index 0 counts.
@@ -176,15 +181,20 @@ def parse_chunk(event: SSEEvent) -> StreamChunk | object | None:
     content, refusal = _text(delta, "content"), _text(delta, "refusal")
     finish_reason = _finish_reason(choice.get("finish_reason"))
     usage = _usage(payload.get("usage"))
-    if not content and not refusal and finish_reason is None and usage is None:
+    pieces = _tool_call_pieces(delta)
+    if not content and not refusal and finish_reason is None and usage is None and not pieces:
         return None
-    return StreamChunk(content + refusal, finish_reason, usage, refusal=bool(refusal))
+    return StreamChunk(
+        content + refusal, finish_reason, usage, refusal=bool(refusal), tool_call_deltas=pieces
+    )
 
 
 def parse_completion(payload: dict[str, Any], model: str) -> Completion:
     """A ``chat.completion`` object as a :class:`Completion` (``model`` if it names none).
 
-    A non-empty ``message.refusal`` is the text (after any ``content``) and sets ``refusal``.
+    A non-empty ``message.refusal`` is the text (after any ``content``) and sets ``refusal``;
+    ``message.tool_calls`` (``[{"id", "type": "function", "function": {"name",
+    "arguments"}}]``) become ``tool_calls`` (``{"id", "name", "arguments"}``).
 
     Raises:
         ProviderStreamError: the payload is an error object.
@@ -194,12 +204,19 @@ def parse_completion(payload: dict[str, Any], model: str) -> Completion:
     choice = choices[0] if isinstance(choices[0], dict) else {}
     reply = choice.get("message")
     content, refusal = _text(reply, "content"), _text(reply, "refusal")
+    assembler = ToolCallAssembler()
+    calls = reply.get("tool_calls") if isinstance(reply, dict) else None
+    if isinstance(calls, list):
+        assembler.add(
+            _piece(call, position) for position, call in enumerate(calls) if isinstance(call, dict)
+        )
     return Completion(
         content + refusal,
         _finish_reason(choice.get("finish_reason")),
         _usage(payload.get("usage")),
         str(payload.get("model") or model),
         refusal=bool(refusal),
+        tool_calls=assembler.calls(),
     )
 
 
@@ -238,6 +255,36 @@ def _text(message: Any, name: str) -> str:
     """``message[name]`` when ``message`` is a dict and that is a string, else ""."""
     value = message.get(name) if isinstance(message, dict) else None
     return value if isinstance(value, str) else ""
+
+
+def _tool_call_pieces(delta: Any) -> tuple[dict[str, Any], ...]:
+    """The ``delta.tool_calls`` of a chunk as flat pieces (see :func:`parse_chunk`)."""
+    calls = delta.get("tool_calls") if isinstance(delta, dict) else None
+    if not isinstance(calls, list):
+        return ()
+    return tuple(
+        _piece(call, position) for position, call in enumerate(calls) if isinstance(call, dict)
+    )
+
+
+def _piece(call: dict[str, Any], position: int) -> dict[str, Any]:
+    """One OpenAI tool call (or piece of one) as ``{"index", "id"?, "name"?, "arguments"?}``."""
+    found = call.get("function")
+    function: dict[str, Any] = found if isinstance(found, dict) else {}
+    index = call.get("index")
+    piece: dict[str, Any] = {
+        "index": index if isinstance(index, int) and not isinstance(index, bool) else position
+    }
+    if isinstance(call.get("id"), str) and call["id"]:
+        piece["id"] = call["id"]
+    if isinstance(function.get("name"), str) and function["name"]:
+        piece["name"] = function["name"]
+    arguments = function.get("arguments")
+    if isinstance(arguments, dict):  # a few servers send the object itself
+        arguments = json.dumps(arguments)
+    if isinstance(arguments, str) and arguments:
+        piece["arguments"] = arguments
+    return piece
 
 
 def _finish_reason(value: Any) -> str | None:

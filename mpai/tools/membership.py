@@ -66,6 +66,12 @@ class MembershipAdapter:
         """At most ``limit`` help articles matching ``query``, best first."""
         raise NotImplementedError
 
+    def plan_for(self, user: Any) -> str | None:
+        """The name of the plan ``user`` holds, for quotas (``MPAI["QUOTAS"]`` keys), or
+        None when they hold none. Called on every chat message (mpai.usage.quotas), so
+        keep it cheap. The default: None."""
+        return None
+
 
 class NullMembershipAdapter(MembershipAdapter):
     """The default adapter: no memberships, no plans, no articles."""

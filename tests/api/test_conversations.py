@@ -158,12 +158,25 @@ def test_messages_in_order_with_shape(api, user):
         "created_at",
         "model",
         "finish_reason",
+        "feedback",
     }
     assert row["conversation"] == conv.pk
     assert row["role"] == "assistant"
     assert row["status"] == "complete"
     assert row["model"] == "gpt-4o"
     assert row["finish_reason"] == "stop"
+    assert row["feedback"] is None
+
+
+def test_messages_carry_the_users_own_feedback_only(api, user, make_user):
+    from mpai.models import Feedback
+
+    conv = conversation(user)
+    reply = messages(conv, 2)[1]
+    Feedback.objects.create(user=user, message=reply, rating="down", comment="too long")
+    Feedback.objects.create(user=make_user(), message=reply, rating="up")  # not theirs
+    rows = api.get(f"{LIST}{conv.pk}/messages/").json()["results"]
+    assert rows[1]["feedback"] == {"rating": "down", "comment": "too long"}
 
 
 def test_messages_of_another_conversation_stay_out(api, user):

@@ -87,6 +87,24 @@ def test_messages_walk_in_order(api, user):
     assert pages == 2
 
 
+def test_cursor_last_is_the_newest_page_and_previous_walks_back(api, user):
+    """``?cursor=last``: the conversation's newest messages, still oldest first, with
+    ``previous`` leading back to the start (the widget's scroll upwards)."""
+    conv = conversation(user)
+    saved = messages(conv, 25)
+    response = api.get(f"{CONVERSATIONS}{conv.pk}/messages/?cursor=last&per_page=10")
+    assert response.status_code == 200, response.content
+    body = response.json()
+    assert [row["id"] for row in body["results"]] == [m.pk for m in saved[-10:]]
+    assert body["next"] is None
+    seen, url = [row["id"] for row in body["results"]], body["previous"]
+    while url:
+        page = api.get(url).json()
+        seen = [row["id"] for row in page["results"]] + seen
+        url = page["previous"]
+    assert seen == [m.pk for m in saved]
+
+
 def test_history_cursor_mode_walks_newest_first(api, user):
     conv_a, conv_b = conversation(user), conversation(user)
     saved = messages(conv_a, 4) + messages(conv_b, 3)
@@ -254,7 +272,7 @@ def test_query_count_does_not_grow_with_per_page(api, user):
         "history page": [2, 2],  # COUNT + the page
         "history cursor": [1, 1],
         "conversations": [1, 1],
-        "messages": [2, 2],  # the conversation (ownership) + the page
+        "messages": [3, 3],  # the conversation (ownership) + the page + own feedback
     }
 
 

@@ -233,7 +233,7 @@ def test_sign_in_chat_and_see_the_exchange_again_after_a_reload(chat, member, fa
     with chat.page.expect_response(HISTORY_URL) as history:
         chat.page.reload()
     assert history.value.url.endswith(
-        f"/api/mpai/v1/conversations/{saved.conversation_id}/messages/?cursor=cj0x"
+        f"/api/mpai/v1/conversations/{saved.conversation_id}/messages/?cursor=last"
     )  # the newest page first
     assert history.value.status == 200
     expect(chat.texts).to_have_text([question, reply])

@@ -68,11 +68,11 @@ export class Api {
     return this.request("DELETE", this.withId(this.conversationUrl, id));
   }
 
-  // A conversation's messages come oldest first. The newest page is DRF's reversed
-  // cursor without a position ("r=1", base64 "cj0x"): its results are still in order
-  // and its `previous` link leads to the older pages, `null` at the start.
+  // A conversation's messages come oldest first. `?cursor=last` is the newest page: its
+  // results are still in order and its `previous` link leads to the older pages, `null`
+  // at the start.
   newestMessages(id) {
-    return this.request("GET", this.withId(this.messagesUrl, id) + "?cursor=cj0x");
+    return this.request("GET", this.withId(this.messagesUrl, id) + "?cursor=last");
   }
 
   firstMessages(id) {
@@ -85,10 +85,6 @@ export class Api {
 
   search(q) {
     return this.request("GET", this.searchUrl + "?q=" + encodeURIComponent(q));
-  }
-
-  feedback(messageId) {
-    return this.request("GET", this.withId(this.feedbackUrl, messageId));
   }
 
   setFeedback(messageId, rating, comment) {

@@ -14,23 +14,10 @@ function ratingButton(rating, label) {
   return button;
 }
 
-// The member's earlier ratings, read (GET) when a reply from the history first
-// comes into view: one request per reply the member actually sees.
-const seen = new WeakMap(); // <li> -> show(rating)
-const watcher =
-  "IntersectionObserver" in window
-    ? new IntersectionObserver((entries, observer) => {
-        for (const entry of entries) {
-          if (!entry.isIntersecting) continue;
-          observer.unobserve(entry.target);
-          seen.get(entry.target)?.();
-        }
-      })
-    : null;
-
 // Adds the rating buttons to `bar`; `item` is the reply's <li> (its data-message).
-// `saved`: the reply comes from the history, so it may have been rated before.
-export function addFeedback(item, bar, api, saved) {
+// `rating`: the member's earlier rating of a reply from the history ("up", "down" or
+// null), which the messages API sends with each row.
+export function addFeedback(item, bar, api, rating = null) {
   const up = ratingButton("up", "Helpful");
   const down = ratingButton("down", "Not helpful");
   const note = document.createElement("span");
@@ -100,17 +87,7 @@ export function addFeedback(item, bar, api, saved) {
     }
   }
 
-  if (saved && watcher) {
-    seen.set(item, async () => {
-      try {
-        const feedback = await api.feedback(item.dataset.message);
-        if (current === null) show(feedback.rating);
-      } catch {
-        // 404: not rated
-      }
-    });
-    watcher.observe(item);
-  }
+  if (rating) show(rating);
 
   up.addEventListener("click", () => rate("up"));
   down.addEventListener("click", () => rate("down"));

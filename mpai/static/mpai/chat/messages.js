@@ -76,7 +76,7 @@ export class MessageList {
   assistantItem(row) {
     const li = this.item("assistant", row.id, row.created_at);
     renderMarkdown(li.querySelector(".mpai-body"), row.content);
-    this.finish(li, row.status, row.content, true);
+    this.finish(li, row.status, row.content, true, row.feedback ? row.feedback.rating : null);
     return li;
   }
 
@@ -149,8 +149,9 @@ export class MessageList {
   }
 
   // The reply ended (complete, cancelled, error): final text, note, actions.
-  // `saved`: a row of the history (not a reply streamed in this page).
-  finish(li, status, text, saved = false) {
+  // `saved`: a row of the history (not a reply streamed in this page); `rating`: the
+  // member's earlier rating of it, from the row.
+  finish(li, status, text, saved = false, rating = null) {
     const follow = this.nearBottom(); // still at the end: keep the note and actions in view
     const pending = this.frames.get(li);
     if (pending !== undefined) {
@@ -174,7 +175,7 @@ export class MessageList {
     bar.setAttribute("aria-label", "Reply actions");
     bar.append(copyButton("Copy", () => li.dataset.text || ""));
     bar.append(button("Retry", () => this.options.onRetry(this.questionOf(li)), "mpai-retry"));
-    addFeedback(li, bar, this.options.api, saved);
+    addFeedback(li, bar, this.options.api, rating);
     li.append(bar);
     if (follow && !saved) this.scrollToEnd();
   }

@@ -1,0 +1,68 @@
+"""The usage and cost report in the admin (``/admin/mpai/usagereport/``), as the change
+list of the proxy model :class:`~mpai.usage.models.UsageReport` ("Usage and cost
+report" in the admin index), the pattern of the system-health dashboard.
+
+``mpai.view_usagereport`` opens it (the admin site's login for everyone else).
+``?start=&end=`` (YYYY-MM-DD) choose the period (:func:`mpai.usage.reports.period_of`);
+``?format=csv`` streams the period's rows as CSV (:func:`mpai.usage.reports.csv_lines`).
+Nothing to add, change or delete.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib import admin
+from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
+from django.template.response import TemplateResponse
+from django.urls import URLPattern, path
+
+from mpai.usage import reports
+from mpai.usage.models import UsageReport
+
+TEMPLATE = "mpai/usage/report.html"
+
+
+@admin.register(UsageReport)
+class UsageReportAdmin(admin.ModelAdmin):
+    """Usage, cost and quota rejections by day, plan, model and top users, with charts
+    and a CSV export (module docs)."""
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def get_urls(self) -> list[URLPattern]:
+        name = f"{self.opts.app_label}_{self.opts.model_name}_changelist"
+        return [path("", self.admin_site.admin_view(self.changelist_view), name=name)]
+
+    def changelist_view(
+        self, request: HttpRequest, extra_context: dict[str, Any] | None = None
+    ) -> HttpResponse:
+        from django.core.exceptions import PermissionDenied
+
+        if not self.has_view_permission(request):
+            raise PermissionDenied
+        period = reports.period_of(request.GET)
+        if request.GET.get("format") == "csv":
+            response = StreamingHttpResponse(
+                reports.csv_lines(period), content_type="text/csv; charset=utf-8"
+            )
+            response["Content-Disposition"] = (
+                f'attachment; filename="mpai-usage-{period.start}-{period.end}.csv"'
+            )
+            return response  # type: ignore[return-value]  # the stubs say HttpResponse
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.opts,
+            "title": "Usage and cost",
+            "period": period,
+            **reports.usage_report(period),
+            **(extra_context or {}),
+        }
+        return TemplateResponse(request, TEMPLATE, context)
