@@ -14,7 +14,7 @@ class MpaiConfig(AppConfig):
 
         from mpai import checks, signals  # noqa: F401  (checks registers on import)
         from mpai.chat import profile
-        from mpai.chat.slowlog import log_stage_timings
+        from mpai.chat.slowlog import log_slow_tool_call, log_stage_timings
 
         # The cached user context goes stale when the user or the membership changes.
         user_model = settings.AUTH_USER_MODEL
@@ -36,12 +36,22 @@ class MpaiConfig(AppConfig):
         signals.request_complete.connect(
             log_stage_timings, dispatch_uid="mpai.chat.slowlog.log_stage_timings"
         )
+        signals.tool_called.connect(
+            log_slow_tool_call, dispatch_uid="mpai.chat.slowlog.log_slow_tool_call"
+        )
 
         # Turn metrics (mpai.metrics): recorded off the streaming thread, while
         # MPAI["METRICS_ENABLED"] (read on each turn, so override_settings works).
         from mpai.metrics import receivers
 
         receivers.connect()
+        # Per-tool figures of the last hour in mpai's cache (mpai.tools.metrics), for
+        # the health dashboard; written by a daemon thread, not the turn's.
+        from mpai.tools.metrics import record_tool_call
+
+        signals.tool_called.connect(
+            record_tool_call, dispatch_uid="mpai.tools.metrics.record_tool_call"
+        )
         from mpai.usage.recording import connect_usage_receivers  # usage, cost, quotas
 
         connect_usage_receivers()

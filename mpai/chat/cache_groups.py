@@ -11,7 +11,7 @@ group                     seconds  what
 ========================  =======  =============================================
 ``user_context``              300  a user's profile for the prompt (:mod:`.profile`)
 ``api_response``             1800  complete replies (:mod:`.response_cache`)
-``tool_metrics``             3600  tool metrics
+``tool_metrics``             3600  per-tool call figures (:mod:`mpai.tools.metrics`)
 ``query_analysis``           1200  query analysis
 ``conversation_context``      900  a conversation's recent messages (:mod:`.history_cache`)
 ========================  =======  =============================================
@@ -51,7 +51,7 @@ DEFAULT_GROUP = "default"
 USER_CONTEXT = "user_context"
 #: Complete replies of the response cache (:mod:`mpai.chat.response_cache`).
 API_RESPONSE = "api_response"
-#: Tool metrics.
+#: Per-tool call counts and durations, by minute (:mod:`mpai.tools.metrics`).
 TOOL_METRICS = "tool_metrics"
 #: Query analysis.
 QUERY_ANALYSIS = "query_analysis"
@@ -106,6 +106,13 @@ def group_version(group: str) -> int:
 def group_key(key: Any, group: str = DEFAULT_GROUP) -> str:
     """Return the cache key of ``key`` in ``group`` at the group's current version."""
     return f"mpai:{group}:{group_version(group)}:{key}"
+
+
+def group_prefix(group: str) -> str:
+    """Return the prefix of every key of ``group`` at its current version,
+    ``mpai:<group>:<version>:`` (one cache read), for callers that build many keys at
+    once and read them with the cache's own ``get_many``."""
+    return f"mpai:{group}:{group_version(group)}:"
 
 
 def get(key: Any, group: str = DEFAULT_GROUP, default: Any = None) -> Any:

@@ -10,6 +10,7 @@ back to the page (post/redirect/get) with a message.
 
 from __future__ import annotations
 
+import logging
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -26,6 +27,8 @@ from mpai.health.models import HealthAlert, HealthSnapshot
 
 if TYPE_CHECKING:
     from django.contrib.admin import ModelAdmin
+
+logger = logging.getLogger("mpai.health")
 
 #: Permission of every POST of the page (``Health``'s custom permission).
 RUN_PERMISSION = "mpai.run_health_checks"
@@ -136,6 +139,18 @@ def chart_list(window: str, *, now: float | None = None) -> list[dict[str, Any]]
     return [{"title": title, "svg": svg} for title, svg in zip(titles, svgs, strict=True)]
 
 
+def tool_section(*, now: float | None = None) -> dict[str, Any] | None:
+    """The tools section: :func:`mpai.tools.metrics.tool_activity` of the last hour up
+    to ``now`` (Unix s), or None when mpai's cache cannot be read (logged)."""
+    from mpai.tools.metrics import tool_activity
+
+    try:
+        return dict(tool_activity(now=now))
+    except Exception:
+        logger.exception("mpai health: the tool metrics could not be read")
+        return None
+
+
 def alert_rows(rows: Any, now: datetime) -> list[dict[str, Any]]:
     """``{"alert", "badge", "silenced"}`` per alert; ``silenced`` is whether a silence
     is in force at ``now``."""
@@ -168,6 +183,7 @@ def context(request: HttpRequest, window: str) -> dict[str, Any]:
         "snapshot_badge": badge(snapshot.status) if snapshot else None,
         "checks": check_rows(snapshot),
         "charts": chart_list(window, now=now.timestamp()),
+        "tools": tool_section(now=now.timestamp()),
         "open_alerts": alert_rows(open_alerts, now),
         "recent_alerts": alert_rows(recent, now),
         "snapshots": [

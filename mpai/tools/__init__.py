@@ -4,6 +4,7 @@
 - :mod:`mpai.tools.registry`: the site's tools (``MPAI["TOOLS"]``) a user may use.
 - :mod:`mpai.tools.execution`: run the model's tool calls, validated and bounded.
 - :mod:`mpai.tools.membership`: built-in membership tools over a site adapter.
+- :mod:`mpai.tools.metrics`: per-tool calls, errors, p50/p95 of the last hour (cache).
 
 Usage::
 

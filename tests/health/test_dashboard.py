@@ -363,3 +363,14 @@ def test_time_ticks_follow_the_local_time_zone():
         ticks = charts.time_ticks(first, first + 12 * 3600, days=False)
     assert [label for _, label in ticks] == ["00:00", "04:00", "08:00", "12:00"]
     assert ticks[1][0] - ticks[0][0] == 3 * 3600  # a short night
+
+
+def test_the_usage_report_is_linked_for_those_who_may_read_it(make_user, snapshot):
+    url = "/admin/mpai/health/"
+    report = "/admin/mpai/usagereport/"
+    without = client_for(grant(make_user(is_staff=True), "view_health")).get(url)
+    assert report not in without.content.decode()
+    both = client_for(grant(make_user(is_staff=True), "view_health", "view_usagereport"))
+    page = both.get(url).content.decode()
+    assert f'href="{report}"' in page
+    assert both.get(report).status_code == 200
