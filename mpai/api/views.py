@@ -12,6 +12,19 @@ from mpai.api.pagination import HistoryPagination
 from mpai.api.serializers import ChatHistoryMessageSerializer
 from mpai.chat.history import history_count, message_history
 
+#: The columns of a chat-history row (:class:`ChatHistoryMessageSerializer`).
+HISTORY_ROW_COLUMNS = (
+    "id",
+    "conversation_id",
+    "role",
+    "content",
+    "status",
+    "model",
+    "prompt_tokens",
+    "completion_tokens",
+    "created_at",
+)
+
 
 @extend_schema(summary="The signed-in user's messages, newest first")
 class ChatHistoryView(AuthenticateHeaderMixin, generics.ListAPIView):
@@ -41,7 +54,9 @@ class ChatHistoryView(AuthenticateHeaderMixin, generics.ListAPIView):
     def get_queryset(self) -> QuerySet[Any]:
         if getattr(self, "swagger_fake_view", False):  # schema generation: no request user
             return message_history(user=None).none()
-        return message_history(user=self.request.user)
+        # Only the row's columns: not the content-sized ones the API never shows
+        # (``tool_calls`` JSON, heartbeats, error details).
+        return message_history(user=self.request.user).only(*HISTORY_ROW_COLUMNS)
 
     def count_rows(self, queryset: QuerySet[Any]) -> int:
         """The ``count`` of page/per_page mode: the user's counter, not a COUNT(*)
