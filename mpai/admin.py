@@ -17,10 +17,10 @@ from django.core.paginator import Paginator
 from django.db import connections
 from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse
-from django.urls import URLPattern, path
 from django.utils.functional import cached_property
 from django.utils.html import format_html, format_html_join
 
+from .admin_pages import SinglePageAdmin
 from .health.models import Health
 from .models import Conversation, Message
 
@@ -152,25 +152,12 @@ def _indented(text: Any) -> str:
 
 
 @admin.register(Health)
-class HealthAdmin(admin.ModelAdmin):
+class HealthAdmin(SinglePageAdmin):
     """The system-health dashboard as the change list of ``Health`` ("System health" in
     the admin index): ``mpai.view_health`` opens it, ``mpai.run_health_checks`` runs the
     checks and silences alerts (:mod:`mpai.health.dashboard`). Nothing to add, change
     or delete, and no other page.
     """
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def get_urls(self) -> list[URLPattern]:
-        name = f"{self.opts.app_label}_{self.opts.model_name}_changelist"
-        return [path("", self.admin_site.admin_view(self.changelist_view), name=name)]
 
     def changelist_view(
         self, request: HttpRequest, extra_context: dict[str, Any] | None = None

@@ -15,8 +15,8 @@ from typing import Any
 from django.contrib import admin
 from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
 from django.template.response import TemplateResponse
-from django.urls import URLPattern, path
 
+from mpai.admin_pages import SinglePageAdmin
 from mpai.usage import reports
 from mpai.usage.models import UsageReport
 
@@ -24,22 +24,9 @@ TEMPLATE = "mpai/usage/report.html"
 
 
 @admin.register(UsageReport)
-class UsageReportAdmin(admin.ModelAdmin):
+class UsageReportAdmin(SinglePageAdmin):
     """Usage, cost and quota rejections by day, plan, model and top users, with charts
     and a CSV export (module docs)."""
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def get_urls(self) -> list[URLPattern]:
-        name = f"{self.opts.app_label}_{self.opts.model_name}_changelist"
-        return [path("", self.admin_site.admin_view(self.changelist_view), name=name)]
 
     def changelist_view(
         self, request: HttpRequest, extra_context: dict[str, Any] | None = None
