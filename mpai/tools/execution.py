@@ -22,29 +22,42 @@ correct its call or tell the user. The codes:
 ``unavailable``              no thread could be started for the call
 ===========================  ==========================================================
 
-Each call runs in its own daemon thread, at most ``max_concurrency`` at once (a
-bounded pool of threads, not a :class:`~concurrent.futures.ThreadPoolExecutor`):
-Python cannot stop a thread, so a call past its timeout is abandoned; its thread
-must neither keep a slot the next call waits for nor keep the process from exiting,
-as executor threads (joined at exit) would. An abandoned call's eventual result is
-dropped. The Django database connections a call opens are closed when it ends, in
-its own thread.
+Calls run in a process-wide pool of reused daemon worker threads, at most
+``max_concurrency`` of one run at once. Not a :class:`~concurrent.futures.ThreadPoolExecutor`:
+Python cannot stop a thread, so a call past its timeout (or cancelled) is abandoned,
+and its worker must neither keep a slot a later call waits for nor keep the process
+from exiting, as executor threads (joined at exit) would. The pool therefore counts
+only its *idle* workers: a call goes to an idle worker, or, when none is idle (all
+busy, or stuck in abandoned calls), to a new worker thread; so a stuck worker never
+shrinks the pool, it is simply not counted until its call returns. Then it waits for
+the next call again, unless :func:`pool_idle_max` workers already wait (then it ends);
+a worker idle for :data:`POOL_IDLE_SECONDS` ends too. An abandoned call's eventual
+result is dropped. What a new thread per call gave for free is kept per call: each
+call runs in a fresh :class:`contextvars.Context` (no context variable, e.g. Django's
+active language or time zone, leaks between calls or users) and the Django database
+connections it opened are closed in its worker when it ends. A forked child starts
+with an empty pool.
 """
 
 from __future__ import annotations
 
+import contextvars
 import json
 import logging
+import os
+import queue
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Literal
 
 import jsonschema
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import connections
+from django.db.backends.signals import connection_created
 
 from mpai.conf import mpai_settings
 from mpai.exceptions import InvalidJson
@@ -52,7 +65,15 @@ from mpai.jsonlimits import loads_bounded
 from mpai.tools.base import Tool, ToolError
 from mpai.tools.registry import get_tool, may_use
 
-__all__ = ["CANCEL_POLL_SECONDS", "ToolResult", "run_tool_calls", "tool_messages"]
+__all__ = [
+    "CANCEL_POLL_SECONDS",
+    "POOL_IDLE_SECONDS",
+    "WORKER_NAME",
+    "ToolResult",
+    "pool_idle_max",
+    "run_tool_calls",
+    "tool_messages",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -60,8 +81,16 @@ logger = logging.getLogger(__name__)
 CANCEL_POLL_SECONDS = 0.02
 #: The most characters of an error message given to the model.
 MAX_MESSAGE_CHARS = 500
+#: Seconds an idle worker of the pool waits for a call before its thread ends.
+POOL_IDLE_SECONDS = 60.0
+#: The fewest idle workers the pool may keep (see :func:`pool_idle_max`).
+POOL_IDLE_MIN = 8
+#: The name of the pool's worker threads.
+WORKER_NAME = "mpai-tool-worker"
 
 Status = Literal["ok", "error", "cancelled"]
+#: A job of the worker pool: runs, and returns what to call once its worker is idle.
+_Job = Callable[[], Callable[[], object] | None]
 
 
 @dataclass(frozen=True)
@@ -235,79 +264,192 @@ def _schema_problem(tool: Tool, arguments: dict[str, Any]) -> str | None:
     return f"arguments{where}: {error.message}"
 
 
+@dataclass(eq=False)
+class _RunState:
+    """What one run shares with its workers (under ``lock``): ``busy``, the calls handed
+    to workers whose result is not set; ``queued``, whether calls wait for a slot. A
+    worker wakes the run only when it must act: a slot freed for a queued call, or no
+    call left running."""
+
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    wake: threading.Event = field(default_factory=threading.Event)
+    busy: int = 0
+    queued: bool = False
+
+
 def _run(
     user: Any,
-    queue: deque[_Call],
+    pending: deque[_Call],
     limit: int,
     max_bytes: int,
     cancel_event: threading.Event | None,
 ) -> None:
     """Start calls as slots free up; collect results, timeouts and the cancellation."""
-    lock, wake = threading.Lock(), threading.Event()
+    state = _RunState()
+    idle_max = pool_idle_max(limit)
     running: list[_Call] = []
-    while queue or running:
-        wake.clear()
+    while pending or running:
+        state.wake.clear()
         if cancel_event is not None and cancel_event.is_set():
             break
         now = time.monotonic()
         for call in list(running):
-            with lock:
+            with state.lock:
                 if call.result is None and now >= call.deadline:
                     logger.warning("Tool %r timed out after %.3f s.", call.name, call.timeout_s)
                     call.result = call.error(
                         "timeout", f"The tool did not answer within {call.timeout_s:g} s."
                     )
+                    state.busy -= 1
             if call.result is not None:
                 running.remove(call)
-        while queue and len(running) < limit:
-            call = queue.popleft()
+        while pending and len(running) < limit:
+            call = pending.popleft()
             call.started = time.monotonic()
-            thread = threading.Thread(
-                target=_work,
-                args=(user, call, max_bytes, lock, wake),
-                name=f"mpai-tool-{call.name}",
-                daemon=True,
-            )
+            with state.lock:
+                state.busy += 1
             try:
-                thread.start()
+                _pool.submit(partial(_work, user, call, max_bytes, state), idle_max)
             except RuntimeError:  # no more threads: this call fails, the others go on
                 logger.exception("Could not start a thread for tool %r.", call.name)
-                call.result = call.error("unavailable", "The tool could not be started.")
+                with state.lock:
+                    state.busy -= 1
+                    call.result = call.error("unavailable", "The tool could not be started.")
                 continue
             running.append(call)
         if not running:
             continue
+        with state.lock:
+            state.queued = bool(pending)
+            if state.busy == 0 or (state.queued and state.busy < len(running)):
+                continue  # results came in meanwhile: look again at once
         wait = min(call.deadline for call in running) - time.monotonic()
         if cancel_event is not None:
             wait = min(wait, CANCEL_POLL_SECONDS)
-        wake.wait(max(wait, 0.0))
-    with lock:
-        for call in [*running, *queue]:
+        state.wake.wait(max(wait, 0.0))
+    with state.lock:
+        for call in [*running, *pending]:
             if call.result is None:
                 call.result = call.error("cancelled", "The call was cancelled.", "cancelled")
 
 
-def _work(
-    user: Any,
-    call: _Call,
-    max_bytes: int,
-    lock: threading.Lock,
-    wake: threading.Event,
-) -> None:
-    """One call in its own thread: run, encode, record (unless abandoned), close the DB."""
+def _work(user: Any, call: _Call, max_bytes: int, state: _RunState) -> Callable[[], object] | None:
+    """One call in a pool worker: run and encode in a fresh context, record (unless
+    abandoned), close the worker's database connections; return the run's wake-up when
+    the run must act on this result (the pool calls it once this worker is idle)."""
     try:
-        status, code, content = _outcome(user, call, max_bytes)
+        status, code, content = contextvars.Context().run(_outcome, user, call, max_bytes)
     finally:
+        if getattr(_connected, "since_call", False):  # else there is nothing to close
+            _connected.since_call = False
+            try:
+                connections.close_all()
+            except Exception:
+                logger.exception("Closing the database connections of tool %r failed.", call.name)
+    with state.lock:
+        if call.result is not None:
+            return None  # abandoned: timed out or cancelled
+        call.result = ToolResult(call.call_id, call.name, status, content, call.elapsed_ms(), code)
+        state.busy -= 1
+        if state.busy and not state.queued:
+            return None  # the run waits for the other calls
+    return state.wake.set
+
+
+def pool_idle_max(limit: int) -> int:
+    """How many idle workers the pool keeps at most after a run of ``limit`` concurrent
+    calls: ``max(POOL_IDLE_MIN, 2 × MPAI["TOOL_MAX_CONCURRENCY"], limit)`` (a count)."""
+    return max(POOL_IDLE_MIN, 2 * int(mpai_settings.TOOL_MAX_CONCURRENCY), limit)
+
+
+class _ToolWorkers:
+    """The process-wide pool of tool-call worker threads (see the module docstring).
+
+    ``_idle`` counts the workers waiting for a job that no :meth:`submit` has claimed;
+    a submit claims one (and queues its job) or starts a new thread. Busy and stuck
+    workers are not counted anywhere: the pool cannot run short of them. A job returns
+    what to call once its worker is counted idle again (the run's wake-up), so a run
+    that starts its next calls at once finds that worker idle.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._jobs: queue.SimpleQueue[_Job] = queue.SimpleQueue()
+        self._idle = 0
+        self._idle_max = POOL_IDLE_MIN
+        #: Worker threads started so far (tests and benchmarks read it).
+        self.started = 0
+
+    def submit(self, job: _Job, idle_max: int) -> None:
+        """Run ``job`` in an idle worker, or in a new one when none is idle.
+
+        Raises:
+            RuntimeError: no idle worker and no thread can be started.
+        """
+        with self._lock:
+            self._idle_max = idle_max
+            if self._idle:
+                self._idle -= 1
+                self._jobs.put(job)  # inside the lock: see _next
+                return
+            self.started += 1
+        thread = threading.Thread(target=self._serve, args=(job,), name=WORKER_NAME, daemon=True)
         try:
-            connections.close_all()
-        except Exception:
-            logger.exception("Closing the database connections of tool %r failed.", call.name)
-    with lock:
-        if call.result is None:
-            call.result = ToolResult(
-                call.call_id, call.name, status, content, call.elapsed_ms(), code
-            )
-    wake.set()
+            thread.start()
+        except RuntimeError:
+            with self._lock:
+                self.started -= 1
+            raise
+
+    def _serve(self, job: _Job | None) -> None:
+        while job is not None:
+            done = None
+            try:
+                done = job()
+            except Exception:  # _work catches what a tool raises: this is a bug
+                logger.exception("A tool-call job failed.")
+            job = self._next(done)
+
+    def _next(self, done: Callable[[], object] | None) -> _Job | None:
+        """Count this worker idle (unless enough are), call ``done``, then return the
+        next job, or None when the worker should end (enough idle, or idle too long)."""
+        with self._lock:
+            keep = self._idle < self._idle_max
+            if keep:
+                self._idle += 1
+        if done is not None:
+            done()
+        if not keep:
+            return None
+        try:
+            return self._jobs.get(timeout=POOL_IDLE_SECONDS)
+        except queue.Empty:
+            with self._lock:  # a submit may have claimed this worker meanwhile
+                try:
+                    return self._jobs.get_nowait()
+                except queue.Empty:
+                    self._idle -= 1
+                    return None
+
+
+_pool = _ToolWorkers()
+#: ``since_call``: whether this thread opened a database connection since its last call.
+_connected = threading.local()
+
+
+def _note_connection(**kwargs: Any) -> None:
+    """``connection_created`` receiver: a worker closes its connections only when it
+    opened one (closing none still costs a look at every alias)."""
+    _connected.since_call = True
+
+
+def _new_pool_after_fork() -> None:
+    global _pool
+    _pool = _ToolWorkers()  # the parent's workers do not exist in the child
+
+
+os.register_at_fork(after_in_child=_new_pool_after_fork)
+connection_created.connect(_note_connection, dispatch_uid="mpai.tools.execution.connected")
 
 
 def _outcome(user: Any, call: _Call, max_bytes: int) -> tuple[Status, str | None, str]:

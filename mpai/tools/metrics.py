@@ -8,15 +8,21 @@ the minutes that changed to the cache, so the turn's thread never waits for it.
 :func:`tool_summary` and :func:`tool_activity` read the last
 :data:`WINDOW_MINUTES` minutes back, merged over every process.
 
-Keys, under the group's prefix (:func:`mpai.chat.cache_groups.group_prefix`), each
-living the group's lifetime (``MPAI["CACHE_TIMEOUTS"]["tool_metrics"]``, 3600 s by
-default) from its last write:
+Keys, under the group's prefix (:func:`mpai.chat.cache_groups.group_prefix`) and this
+site's identity (:func:`mpai.chat.scoped_cache.scoped_key`, ``<site>:<key>``, as every
+per-site entry of mpai), each living the group's lifetime
+(``MPAI["CACHE_TIMEOUTS"]["tool_metrics"]``, 3600 s by default) from its last write:
 
-- ``slots:<minute>``: how many process slots wrote figures in that minute (a counter;
-  each process takes its slot with ``add`` and ``incr``, so processes never overwrite
-  each other's figures);
-- ``<minute>:<slot>``: one process's figures of one minute, ``{tool: {"calls": int,
-  "errors": int, "buckets": {bucket index: count}}}``.
+- ``<site>:slots:<minute>``: how many process slots wrote figures in that minute (a
+  counter; each process takes its slot with ``add`` and ``incr``, so processes never
+  overwrite each other's figures);
+- ``<site>:<minute>:<slot>``: one process's figures of one minute, ``{tool: {"calls":
+  int, "errors": int, "buckets": {bucket index: count}}}``.
+
+So two sites sharing one cache (without a ``KEY_PREFIX``) never mix their figures. The
+site is the one of the thread that records a call (:func:`record_tool_call`) or reads
+the figures; without a site identity (its database row unreadable, logged) nothing is
+recorded and the window reads empty.
 
 Nothing is recorded while ``MPAI["METRICS_ENABLED"]`` is off. A cache that fails
 loses figures (logged), never a turn.
@@ -31,7 +37,7 @@ import threading
 import time
 from typing import Any, TypedDict
 
-from mpai.chat import cache_groups
+from mpai.chat import cache_groups, scoped_cache
 from mpai.conf import mpai_settings
 from mpai.metrics import histogram
 from mpai.tools.registry import configured_tools
@@ -88,9 +94,9 @@ class ToolActivity(TypedDict):
 _lock = threading.Lock()  # guards the figures below
 _write_lock = threading.Lock()  # one writer at a time: a newer snapshot is never overwritten
 _pid: int | None = None
-_minutes: dict[int, dict[str, dict[str, Any]]] = {}  # minute -> tool -> figures
-_dirty: set[int] = set()
-_slots: dict[tuple[str, int], int] = {}  # (group prefix, minute) -> this process's slot
+_minutes: dict[tuple[str, int], dict[str, dict[str, Any]]] = {}  # (site, minute) -> tool -> figures
+_dirty: set[tuple[str, int]] = set()
+_slots: dict[tuple[str, int], int] = {}  # (site's key prefix, minute) -> this process's slot
 _wake = threading.Event()
 _writer: threading.Thread | None = None
 
@@ -103,21 +109,38 @@ def record_tool_call(*, name: str, status: str, duration_ms: float, **kwargs: An
     if not mpai_settings.METRICS_ENABLED:
         return
     try:
-        add_tool_call(name if name in configured_tools() else OTHER, status, duration_ms)
+        site = _site()
+        if site is not None:
+            tool = name if name in configured_tools() else OTHER
+            add_tool_call(tool, status, duration_ms, site=site)
     except Exception:
         logger.exception("mpai tool metrics: could not count a call of %r", name)
 
 
 def add_tool_call(
-    name: str, status: str, duration_ms: float, *, now: float | None = None, write: bool = True
+    name: str,
+    status: str,
+    duration_ms: float,
+    *,
+    now: float | None = None,
+    write: bool = True,
+    site: str | None = None,
 ) -> None:
     """Count one call of tool ``name`` that ended with ``status`` after ``duration_ms``
-    (ms) at ``now`` (Unix s, default ``time.time()``); with ``write``, wake the
-    writer thread (else the figures wait for :func:`flush_tool_metrics`)."""
+    (ms) at ``now`` (Unix s, default ``time.time()``) on ``site`` (a site identity;
+    None: this site's, :func:`mpai.chat.scoped_cache.current_site`, and nothing is
+    counted without one); with ``write``, wake the writer thread (else the figures wait
+    for :func:`flush_tool_metrics`). The site identity is read from the database on its
+    first use in the process; never raises for a missing one (logged).
+    """
+    if site is None:
+        site = _site()
+        if site is None:
+            return
     minute = int((time.time() if now is None else now) // 60)
     with _lock:
         _own_process()
-        figures = _minutes.setdefault(minute, {}).setdefault(
+        figures = _minutes.setdefault((site, minute), {}).setdefault(
             name, {"calls": 0, "errors": 0, "buckets": {}}
         )
         figures["calls"] += 1
@@ -125,7 +148,7 @@ def add_tool_call(
             figures["errors"] += 1
         index = histogram.bucket_index(float(duration_ms))
         figures["buckets"][index] = figures["buckets"].get(index, 0) + 1
-        _dirty.add(minute)
+        _dirty.add((site, minute))
     if write:
         _start_writer()
         _wake.set()
@@ -133,23 +156,25 @@ def add_tool_call(
 
 def flush_tool_metrics() -> int:
     """Write this process's changed minutes to the cache now, in the caller's thread;
-    return how many minutes were written. Figures that fail to write are logged and
-    dropped from the cache (kept in memory, written again with the minute's next call).
+    return how many (site, minute) entries were written. Figures that fail to write are
+    logged and dropped from the cache (kept in memory, written again with the minute's
+    next call). Each site's figures go under that site's keys (no database access).
     """
     with _write_lock:
         with _lock:
             _own_process()
-            pending = {minute: copy.deepcopy(_minutes[minute]) for minute in _dirty}
+            pending = {key: copy.deepcopy(_minutes[key]) for key in _dirty}
             _dirty.clear()
             oldest = int(time.time() // 60) - WINDOW_MINUTES
-            for minute in [m for m in _minutes if m < oldest and m not in pending]:
-                del _minutes[minute]
+            for key in [k for k in _minutes if k[1] < oldest and k not in pending]:
+                del _minutes[key]
         if not pending:
             return 0
         cache = cache_groups.get_cache()
-        prefix = cache_groups.group_prefix(GROUP)
+        group = cache_groups.group_prefix(GROUP)
         timeout = cache_groups.group_timeout(GROUP)
-        for minute, figures in sorted(pending.items()):
+        for (site, minute), figures in sorted(pending.items()):
+            prefix = _site_prefix(group, site)
             slot = _slot_of(cache, prefix, minute, timeout)
             cache.set(f"{prefix}{minute}:{slot}", figures, timeout)
         return len(pending)
@@ -157,11 +182,15 @@ def flush_tool_metrics() -> int:
 
 def tool_activity(*, now: float | None = None) -> ToolActivity:
     """The last :data:`WINDOW_MINUTES` minutes up to ``now`` (Unix s), every process's
-    figures merged: two ``get_many`` of the cache. See :class:`ToolActivity`."""
+    figures of this site merged: two ``get_many`` of the cache. See :class:`ToolActivity`
+    (all zero, no tools, without a site identity)."""
     last = int((time.time() if now is None else now) // 60)
     minutes = range(last - WINDOW_MINUTES + 1, last + 1)
+    site = _site()
+    if site is None:
+        return _activity({}, dict.fromkeys(minutes, 0))
     cache = cache_groups.get_cache()
-    prefix = cache_groups.group_prefix(GROUP)
+    prefix = _site_prefix(cache_groups.group_prefix(GROUP), site)
     counters = cache.get_many([f"{prefix}slots:{minute}" for minute in minutes])
     keys: dict[str, int] = {}
     for minute in minutes:
@@ -182,6 +211,11 @@ def tool_activity(*, now: float | None = None) -> ToolActivity:
             for index, count in (figures.get("buckets") or {}).items():
                 total["buckets"][index] = total["buckets"].get(index, 0) + int(count)
             per_minute[keys[key]] += calls
+    return _activity(merged, per_minute)
+
+
+def _activity(merged: dict[str, dict[str, Any]], per_minute: dict[int, int]) -> ToolActivity:
+    """The :class:`ToolActivity` of merged per-tool figures and per-minute call counts."""
     tools: list[ToolFigures] = []
     for tool, total in merged.items():
         counts = histogram.dense(total["buckets"])
@@ -195,7 +229,7 @@ def tool_activity(*, now: float | None = None) -> ToolActivity:
             }
         )
     tools.sort(key=lambda row: (-row["calls"], row["tool"]))
-    counts_by_minute = [per_minute[minute] for minute in minutes]
+    counts_by_minute = list(per_minute.values())  # oldest first
     calls = sum(counts_by_minute)
     return {
         "tools": tools,
@@ -211,6 +245,21 @@ def tool_summary(*, now: float | None = None) -> list[ToolFigures]:
     """Per tool over the last hour: ``[{"tool", "calls", "errors", "p50_ms",
     "p95_ms"}]`` (ms), most called first (:func:`tool_activity`'s ``tools``)."""
     return tool_activity(now=now)["tools"]
+
+
+def _site() -> str | None:
+    """This site's identity, or None when it cannot be read (logged), e.g. from a
+    context without database access."""
+    try:
+        return scoped_cache.current_site()  # None (logged) on a database error
+    except Exception:  # e.g. SynchronousOnlyOperation in an event loop
+        logger.warning("mpai tool metrics: no site identity, figures not kept", exc_info=True)
+        return None
+
+
+def _site_prefix(group_prefix: str, site: str) -> str:
+    """The prefix of ``site``'s keys in the group: ``<group prefix><site>:``."""
+    return group_prefix + scoped_cache.scoped_key("", site)
 
 
 def _slot_of(cache: Any, prefix: str, minute: int, timeout: float | None) -> int:

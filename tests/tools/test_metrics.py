@@ -1,10 +1,11 @@
-"""Per-tool figures of the last hour in mpai's cache (mpai.tools.metrics), and the slow
-tool calls of the slow-operation log (mpai.chat.slowlog)."""
+"""Per-tool figures of the last hour in mpai's cache (mpai.tools.metrics), kept per site,
+and the slow tool calls of the slow-operation log (mpai.chat.slowlog)."""
 
 from __future__ import annotations
 
 import logging
 import time
+import uuid
 from collections.abc import Iterator
 from types import SimpleNamespace
 from typing import Any
@@ -18,8 +19,13 @@ from mpai import signals
 from mpai.chat import cache_groups
 from mpai.chat.slowlog import log_slow_tool_call
 from mpai.metrics import histogram
+from mpai.models import SiteIdentity
+from mpai.site_identity import forget_site_identity, site_identity
 from mpai.tools import metrics, tool
 from tests.waiting import wait_until
+
+# The figures are kept per site: the site identity is a database row.
+pytestmark = pytest.mark.django_db
 
 NOW = 1_800_000_000.0  # a Unix time, the start of a minute
 
@@ -38,11 +44,13 @@ def other_tool(user: Any) -> dict[str, Any]:
 
 @pytest.fixture(autouse=True)
 def fresh() -> Iterator[None]:
-    """No figures of other tests: a new group version and no process state."""
+    """No figures of other tests: a new group version and no process state; no site
+    identity of this test's (rolled back) rows left known to the process."""
     metrics._reset()
     cache_groups.delete_group(metrics.GROUP)
     yield
     metrics._reset()
+    forget_site_identity()
 
 
 def send(name: str, status: str = "ok", duration_ms: float = 5.0, **extra: Any) -> None:
@@ -102,7 +110,7 @@ def test_processes_write_their_own_slots_and_are_merged() -> None:
     metrics.add_tool_call("lookup", "error", 1.0, now=NOW + 1, write=False)
     metrics.add_tool_call("lookup", "ok", 1.0, now=NOW + 2, write=False)
     metrics.flush_tool_metrics()
-    prefix = cache_groups.group_prefix(metrics.GROUP)
+    prefix = cache_groups.group_prefix(metrics.GROUP) + site_identity() + ":"
     minute = int(NOW // 60)
     assert cache.get(f"{prefix}slots:{minute}") == 2
     assert by_tool(metrics.tool_summary(now=NOW))["lookup"]["calls"] == 3
@@ -112,7 +120,7 @@ def test_processes_write_their_own_slots_and_are_merged() -> None:
 def test_entries_live_the_groups_hour() -> None:
     metrics.add_tool_call("lookup", "ok", 1.0, write=False)
     metrics.flush_tool_metrics()
-    prefix = cache_groups.group_prefix(metrics.GROUP)
+    prefix = cache_groups.group_prefix(metrics.GROUP) + site_identity() + ":"
     minute = int(time.time() // 60)
     assert cache_groups.group_timeout(metrics.GROUP) == 3600
     for key in (f"{prefix}slots:{minute}", f"{prefix}{minute}:1"):
@@ -140,6 +148,66 @@ def test_the_receiver_counts_configured_tools_while_metrics_are_on() -> None:
     assert (rows["lookup"]["calls"], rows["lookup"]["errors"]) == (2, 1)
     assert rows[metrics.OTHER]["calls"] == 1
     assert "made_up_name" not in rows
+
+
+# --- sites sharing one cache -------------------------------------------------------------
+
+
+def become_site(identity: str) -> None:
+    """Act as the site whose identity is ``identity`` (its row, as another database has)."""
+    SiteIdentity.objects.update_or_create(pk=1, defaults={"uuid": uuid.UUID(identity)})
+    forget_site_identity()
+    assert site_identity() == identity
+
+
+def test_two_sites_sharing_a_cache_keep_their_own_figures() -> None:
+    first, second = uuid.uuid4().hex, uuid.uuid4().hex
+    become_site(first)
+    for _ in range(3):
+        metrics.add_tool_call("lookup", "ok", 1.0, now=NOW, write=False)
+    metrics.flush_tool_metrics()
+    metrics._reset()  # the second site's process: its own memory, the same cache
+    become_site(second)
+    metrics.add_tool_call("lookup", "error", 1.0, now=NOW + 1, write=False)
+    metrics.add_tool_call("other_tool", "ok", 1.0, now=NOW + 2, write=False)
+    metrics.flush_tool_metrics()
+
+    second_rows = by_tool(metrics.tool_summary(now=NOW + 30))
+    assert {name: (r["calls"], r["errors"]) for name, r in second_rows.items()} == {
+        "lookup": (1, 1),
+        "other_tool": (1, 0),
+    }
+    assert metrics.tool_activity(now=NOW + 30)["calls"] == 2
+    become_site(first)
+    first_rows = by_tool(metrics.tool_summary(now=NOW + 30))
+    assert {name: (r["calls"], r["errors"]) for name, r in first_rows.items()} == {"lookup": (3, 0)}
+    # Each site counts its own process slots: both processes took slot 1 of the minute.
+    group = cache_groups.group_prefix(metrics.GROUP)
+    minute = int(NOW // 60)
+    assert cache.get(f"{group}{first}:slots:{minute}") == 1
+    assert cache.get(f"{group}{second}:slots:{minute}") == 1
+    assert cache.get(f"{group}slots:{minute}") is None  # nothing under an unscoped key
+
+
+def test_one_process_serving_two_sites_writes_each_sites_figures_to_its_keys() -> None:
+    first, second = uuid.uuid4().hex, uuid.uuid4().hex
+    metrics.add_tool_call("lookup", "ok", 1.0, now=NOW, write=False, site=first)
+    metrics.add_tool_call("lookup", "ok", 1.0, now=NOW, write=False, site=second)
+    metrics.add_tool_call("lookup", "ok", 1.0, now=NOW, write=False, site=second)
+    assert metrics.flush_tool_metrics() == 2  # one (site, minute) entry each
+    become_site(first)
+    assert by_tool(metrics.tool_summary(now=NOW))["lookup"]["calls"] == 1
+    become_site(second)
+    assert by_tool(metrics.tool_summary(now=NOW))["lookup"]["calls"] == 2
+
+
+def test_unscoped_figures_in_the_cache_are_never_read() -> None:
+    # What a version without site keys, or another program, left under the bare keys.
+    group = cache_groups.group_prefix(metrics.GROUP)
+    minute = int(NOW // 60)
+    cache.set(f"{group}slots:{minute}", 1)
+    cache.set(f"{group}{minute}:1", {"lookup": {"calls": 7, "errors": 0, "buckets": {}}})
+    assert metrics.tool_summary(now=NOW) == []
 
 
 # --- slow tool calls in the slow-operation log -------------------------------------------
