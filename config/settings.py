@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from urllib.parse import quote
 
 import dj_database_url
 from csp.constants import NONE, SELF
@@ -151,6 +152,23 @@ if DATABASE_URL:
         # ConnectionPool.check_connection): after a database restart or
         # pg_terminate_backend, idle connections are dead, and each would fail a request.
         DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+    # A read replica of it (README, "Deployment"): chat-history reads during requests
+    # go there (mpai.db_router), except a user's own for a few seconds after they wrote.
+    DATABASE_REPLICA_URL = os.environ.get("DATABASE_REPLICA_URL")
+    if DATABASE_REPLICA_URL:
+        DATABASES["replica"] = dj_database_url.parse(DATABASE_REPLICA_URL)
+        DATABASES["replica"].setdefault("OPTIONS", {}).update(
+            DATABASES["default"].get("OPTIONS", {})
+        )
+        DATABASES["replica"]["CONN_HEALTH_CHECKS"] = True
+        # Tests run on the primary's test database (Django's "Testing primary/replica
+        # configurations").
+        DATABASES["replica"]["TEST"] = {"MIRROR": "default"}
+        DATABASE_ROUTERS = ["mpai.db_router.ReplicaRouter"]
+        MIDDLEWARE.insert(
+            MIDDLEWARE.index("django.contrib.auth.middleware.AuthenticationMiddleware") + 1,
+            "mpai.db_router.ReplicaUserMiddleware",
+        )
 else:
     DATABASES = {
         "default": {
@@ -168,11 +186,131 @@ else:
     }
 
 # --- Redis: REDIS_URL, one server, one logical database per use ---------------------
+# Or REDIS_SENTINELS (README, "Deployment"): the same four uses, each through Redis
+# Sentinel to whichever server is the master of REDIS_SENTINEL_MASTER; it wins over
+# REDIS_URL when both are set.
 REDIS_URL = os.environ.get("REDIS_URL", "").rstrip("/")
+
+
+def parse_sentinels(value: str) -> list[tuple[str, int]]:
+    """``"host1:26379,host2:26379"`` -> ``[("host1", 26379), ("host2", 26379)]``.
+
+    A missing port is Sentinel's default, 26379.
+
+    Raises:
+        ImproperlyConfigured: a port that is not a number.
+    """
+    sentinels = []
+    for item in value.split(","):
+        item = item.strip()
+        if not item:
+            continue
+        host, _, port = item.rpartition(":") if ":" in item else (item, "", "26379")
+        if not port.isdigit():
+            raise ImproperlyConfigured(f"REDIS_SENTINELS: bad host:port {item!r}")
+        sentinels.append((host.strip("[]"), int(port)))
+    return sentinels
+
+
+REDIS_SENTINELS = parse_sentinels(os.environ.get("REDIS_SENTINELS", ""))
+REDIS_SENTINEL_MASTER = os.environ.get("REDIS_SENTINEL_MASTER", "mymaster")
+# AUTH of the Sentinel processes themselves, and of the Redis servers they point to.
+REDIS_SENTINEL_PASSWORD = os.environ.get("REDIS_SENTINEL_PASSWORD") or None
+REDIS_PASSWORD = os.environ.get("REDIS_PASSWORD") or None
 # Two sites on one Redis database must not read each other's keys (ids start at 1 in
 # every database): each keeps its own prefix.
 CACHE_KEY_PREFIX = os.environ.get("MPAI_CACHE_KEY_PREFIX", "mpai-demo")
-if REDIS_URL:
+# Celery's connection to the broker: a dead broker socket is noticed within 30 s.
+CELERY_BROKER_TRANSPORT_OPTIONS: dict[str, object] = {
+    "socket_timeout": 30,
+    "socket_connect_timeout": 5,
+}
+if REDIS_SENTINELS:
+    # Timeouts of the connections to the Sentinels (s): asking who the master is.
+    _sentinel_kwargs: dict[str, object] = {"socket_timeout": 0.5, "socket_connect_timeout": 0.5}
+    if REDIS_SENTINEL_PASSWORD:
+        _sentinel_kwargs["password"] = REDIS_SENTINEL_PASSWORD
+
+    def _django_redis_sentinel(db: int, timeout: float) -> dict[str, object]:
+        """A django-redis cache on database ``db`` of the master, found through the
+        Sentinels (django-redis's README, "Use the sentinel connection factory")."""
+        options: dict[str, object] = {
+            "CLIENT_CLASS": "django_redis.client.SentinelClient",
+            "CONNECTION_FACTORY": "django_redis.pool.SentinelConnectionFactory",
+            "SENTINELS": REDIS_SENTINELS,
+            "SENTINEL_KWARGS": _sentinel_kwargs,
+            "SOCKET_CONNECT_TIMEOUT": timeout,
+            "SOCKET_TIMEOUT": timeout,
+        }
+        if REDIS_PASSWORD:
+            options["PASSWORD"] = REDIS_PASSWORD
+        # A one-URL list: the SentinelClient then keeps a single pool, on the master
+        # (a string LOCATION would also read from replicas, which may lag behind the
+        # layered cache's invalidations).
+        return {
+            "BACKEND": "django_redis.cache.RedisCache",
+            "LOCATION": [f"redis://{REDIS_SENTINEL_MASTER}/{db}"],
+            "KEY_PREFIX": CACHE_KEY_PREFIX,
+            "OPTIONS": options,
+        }
+
+    _redis_layer = _django_redis_sentinel(0, 0.25)
+    CACHES = {
+        # The layered cache as below, its Redis layer through Sentinel.
+        "default": {
+            "BACKEND": "mpai.cache.LayeredCache",
+            "LOCATION": "",
+            "KEY_PREFIX": CACHE_KEY_PREFIX,
+            "OPTIONS": {
+                "LAYERS": [
+                    {"NAME": "memory", "BACKEND": "mpai.cache.memory.MemoryStore"},
+                    {
+                        "NAME": "redis",
+                        "BACKEND": _redis_layer["BACKEND"],
+                        "LOCATION": _redis_layer["LOCATION"],
+                        "OPTIONS": _redis_layer["OPTIONS"],
+                    },
+                    {
+                        "NAME": "database",
+                        "BACKEND": "mpai.cache.database.DatabaseLayer",
+                        "LOCATION": "mpai_cache",
+                    },
+                ]
+            },
+        },
+        # The raw Redis connection of the rate limiter and the quota counters
+        # (MPAI["RATE_LIMIT"]["CACHE"] below); 0.5 s timeouts, as with a REDIS_URL.
+        "redis": _django_redis_sentinel(0, 0.5),
+    }
+    _layer_host: dict[str, object] = {
+        "sentinels": REDIS_SENTINELS,
+        "master_name": REDIS_SENTINEL_MASTER,
+        "sentinel_kwargs": _sentinel_kwargs,
+        "db": 1,
+        "socket_timeout": 30,
+        "max_connections": 1000,
+    }
+    if REDIS_PASSWORD:
+        _layer_host["password"] = REDIS_PASSWORD
+    CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            "CONFIG": {"hosts": [_layer_host]},
+        }
+    }
+    # Celery's sentinel transport: every Sentinel as one URL, joined by ";".
+    _auth = f":{quote(REDIS_PASSWORD, safe='')}@" if REDIS_PASSWORD else ""
+    CELERY_BROKER_URL = ";".join(f"sentinel://{_auth}{h}:{p}/2" for h, p in REDIS_SENTINELS)
+    CELERY_RESULT_BACKEND = ";".join(f"sentinel://{_auth}{h}:{p}/3" for h, p in REDIS_SENTINELS)
+    CELERY_BROKER_TRANSPORT_OPTIONS.update(
+        master_name=REDIS_SENTINEL_MASTER, sentinel_kwargs=_sentinel_kwargs
+    )
+    CELERY_RESULT_BACKEND_TRANSPORT_OPTIONS = {
+        "master_name": REDIS_SENTINEL_MASTER,
+        "sentinel_kwargs": _sentinel_kwargs,
+    }
+    CELERY_TASK_ALWAYS_EAGER = False
+elif REDIS_URL:
     # mpai's layered cache: in-process memory, Redis /0, then the database table
     # mpai_cache (created by mpai's migrations).
     CACHES = {
@@ -232,7 +370,6 @@ CELERY_BEAT_SCHEDULE = {
 # Beat's schedule file stays out of the working tree (its folder is made by the scheduler).
 CELERY_BEAT_SCHEDULE_FILENAME = str(DATA_DIR / "celerybeat-schedule")
 CELERY_BEAT_SCHEDULER = "config.celery:DemoBeatScheduler"
-CELERY_BROKER_TRANSPORT_OPTIONS = {"socket_timeout": 30, "socket_connect_timeout": 5}
 
 # --- mpai ----------------------------------------------------------------------------
 _provider_url = os.environ.get("MPAI_PROVIDER_BASE_URL")
@@ -251,9 +388,20 @@ MPAI = {
     ),
     "MODEL": _model,
     "FAST_MODEL": os.environ.get("MPAI_PROVIDER_FAST_MODEL") or _model,
+    # History reads on the replica (DATABASE_REPLICA_URL); a user's own for this many
+    # seconds after they wrote stay on the primary: keep it above the replica's lag.
+    "READ_REPLICA": "replica" if "replica" in DATABASES else None,
+    "READ_REPLICA_PIN_SECONDS": float(os.environ.get("MPAI_READ_REPLICA_PIN_SECONDS", "5")),
     # The token bucket runs in Redis (one Lua script) when there is one; otherwise on
-    # the default cache, for this one process.
-    "RATE_LIMIT": {"REDIS_URL": f"{REDIS_URL}/0"} if REDIS_URL else {},
+    # the default cache, for this one process. Through Sentinel: the "redis" cache's
+    # connection (django-redis), which follows the master.
+    "RATE_LIMIT": (
+        {"CACHE": "redis"}
+        if REDIS_SENTINELS
+        else {"REDIS_URL": f"{REDIS_URL}/0"}
+        if REDIS_URL
+        else {}
+    ),
     # The demo's membership site (config/membership.py): mpai's default sections plus
     # the user's plan and the help articles matching the question (config/context.py).
     # These two dicts replace mpai's, so the defaults are listed again.
