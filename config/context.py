@@ -12,8 +12,9 @@ Wired in ``config/settings.py`` through ``MPAI["CONTEXT_SECTIONS"]`` (see
 
 from __future__ import annotations
 
+import functools
 import re
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from django.utils import timezone
 
@@ -60,6 +61,16 @@ def membership(request: ContextRequest) -> str:
     return "\n".join(lines)
 
 
+@functools.cache
+def _help_index() -> tuple[list[list[str]], Any]:
+    """The help centre's terms per article and their BM25 index, built once (the
+    articles are constants; building it costs more than a query)."""
+    from rank_bm25 import BM25Okapi
+
+    corpus = [_terms(f"{a.title} {a.title} {a.body}") for a in HELP_ARTICLES]
+    return corpus, BM25Okapi(corpus)
+
+
 def matching_articles(query: str, limit: int = TOP_ARTICLES) -> list[Article]:
     """The help articles best matching ``query``, ranked by BM25 (Okapi), at most ``limit``.
 
@@ -69,13 +80,11 @@ def matching_articles(query: str, limit: int = TOP_ARTICLES) -> list[Article]:
     Raises:
         ImportError: ``rank-bm25`` is not installed (the ``demo`` extra).
     """
-    from rank_bm25 import BM25Okapi
-
     words = _terms(query)
     if not words:
         return []
-    corpus = [_terms(f"{a.title} {a.title} {a.body}") for a in HELP_ARTICLES]
-    scores = BM25Okapi(corpus).get_scores(words)
+    corpus, index = _help_index()
+    scores = index.get_scores(words)
     ranked = sorted(range(len(HELP_ARTICLES)), key=lambda i: (-scores[i], i))
     query_words = set(words)
     return [HELP_ARTICLES[i] for i in ranked[:limit] if query_words.intersection(corpus[i])]

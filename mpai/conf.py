@@ -110,6 +110,9 @@ DEFAULTS: dict[str, Any] = {
     "STREAM_WORKERS": 100,
     "STREAM_QUEUE": 100,
     "STREAM_QUEUE_SECONDS": 0.25,
+    # Seconds a message's client_id is remembered in Redis, so a new one needs no
+    # database lookup before the provider request (mpai.chat.client_ids); 0 = off.
+    "CLIENT_ID_TTL_SECONDS": 86_400,
     # Chat history older than this many days is deleted by the history cleanup
     # (mpai.chat.cleanup).
     "HISTORY_RETENTION_DAYS": 30,
@@ -125,6 +128,11 @@ DEFAULTS: dict[str, Any] = {
     "CLEANUP_BATCH_SIZE": 1000,
     # Rows read from the database per round trip by the history export (mpai.chat.export).
     "EXPORT_CHUNK_SIZE": 500,
+    # Read replica (mpai.db_router.ReplicaRouter): the database alias history reads go
+    # to during a request (None: off), and the seconds after a user's own write during
+    # which that user's reads stay on the primary (longer than the replica's lag).
+    "READ_REPLICA": None,
+    "READ_REPLICA_PIN_SECONDS": 5.0,
     # Conversation titles: characters of the first message used as the title.
     "TITLE_LENGTH": 60,
     # The chat page's Sign-out button posts here: a path or a URL name. None: the
@@ -195,6 +203,12 @@ DEFAULTS: dict[str, Any] = {
     "REPLAY_TIMEOUT_SECONDS": 120.0,
     # Seconds between database reads while a resend waits (no connection held between).
     "REPLAY_POLL_SECONDS": 0.25,
+    # Reply streams (mpai.chat.reply_stream): a reply being generated is published to a
+    # Redis Stream (the rate limiter's Redis) in batches of the deltas of up to this many
+    # ms, and a resend in any process follows it; the stream expires this many seconds
+    # after its last write.
+    "REPLAY_BATCH_MS": 20,
+    "REPLAY_STREAM_TTL_SECONDS": 300,
     # Attempts of the final save of a reply, each on a fresh database connection.
     "SAVE_ATTEMPTS": 5,
     # --- turn metrics (mpai.metrics): per-minute histograms of each stage's duration ---

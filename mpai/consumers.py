@@ -211,14 +211,15 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             self.relay = None
 
     def start_turn(self, content: dict[str, Any]) -> TurnStream:
-        """Check the session, then validate and save a new turn (in its stream thread).
+        """Validate and save a new turn (in its stream thread); the session is checked
+        again before anything is saved or sent to the provider.
 
         Raises:
             NotAuthenticated: the session was signed out or invalidated.
             MpaiError: the pipeline refused the message.
         """
-        user = current_user(self.scope)
-        if user is None:
+        user = self.scope.get("user")
+        if user is None or not user.is_authenticated:
             raise NotAuthenticated()
         return self.pipeline.stream(
             user=user,
@@ -227,6 +228,8 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             client_id=content.get("client_id"),
             page=content.get("page"),
             use_cache=content.get("cache", True),
+            authorize=lambda: current_user(self.scope),
+            resume_from=content.get("resume_from"),
         )
 
     def run_turn(self, content: dict[str, Any], relay: FrameRelay, slot: Slot) -> None:

@@ -303,16 +303,27 @@ def test_database_connections_terminated_mid_turn_leave_every_streamed_reply_sav
     fake_openai.stream_reply([f"word{i} " for i in range(30)], delay_s=0.05)
     users = [make_user() for _ in range(4)]
     results: dict[int, tuple[dict, list[str], dict]] = {}
+    started: dict[int, dict] = {}
 
     def chat(index: int) -> None:
         with open_ws(server, login_cookie(users[index])) as ws:
             send(ws, type="chat.message", conversation=None, content=f"question {index}")
-            results[index] = read_turn(ws)
+            first = started[index] = json.loads(ws.recv(timeout=30))
+            deltas: list[str] = []
+            while True:
+                frame = json.loads(ws.recv(timeout=30))
+                if frame["type"] != "chat.delta":
+                    break
+                deltas.append(frame["text"])
+            results[index] = (first, deltas, frame)
 
     threads = [threading.Thread(target=chat, args=(i,)) for i in range(len(users))]
     for thread in threads:
         thread.start()
-    # Every provider stream has begun: the replies are on their way to the clients.
+    # Every exchange is saved (chat.started) and every provider stream has begun: the
+    # replies are on their way to the clients.
+    wait_until(lambda: len(started) == len(users), timeout=30)
+    assert all(frame["type"] == "chat.started" for frame in started.values())
     wait_until(lambda: len(fake_openai.requests) == len(users), timeout=30)
     assert terminate_other_connections() >= 1
     for thread in threads:

@@ -45,6 +45,10 @@ class ChatRequestSerializer(serializers.Serializer):
     client_id = serializers.CharField(required=False, allow_null=True, default=None)
     page = serializers.DictField(required=False, allow_null=True, default=None)
     cache = serializers.BooleanField(required=False, default=True)
+    # A resend's characters of the reply already received (the replay sends the rest).
+    resume_from = serializers.IntegerField(
+        required=False, allow_null=True, default=None, min_value=0
+    )
 
 
 def turn_arguments(request: Request, data: dict[str, Any]) -> dict[str, Any]:
@@ -57,6 +61,7 @@ def turn_arguments(request: Request, data: dict[str, Any]) -> dict[str, Any]:
         "client_id": data["client_id"],
         "page": data["page"],
         "use_cache": data["cache"],
+        "resume_from": data["resume_from"],
     }
 
 

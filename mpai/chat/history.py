@@ -48,21 +48,24 @@ def history_count(*, user: Any) -> int:
     return max(int(row or 0), 0)
 
 
-def load_history(conversation: Conversation, *, limit: int, before: int) -> list[dict[str, str]]:
-    """Return the newest ``limit`` shown messages of ``conversation`` with ids below
-    ``before``, oldest first, as ``[{"role", "content"}]``.
+def load_history(
+    conversation: Conversation, *, limit: int, before: int | None = None
+) -> list[dict[str, str]]:
+    """Return the newest ``limit`` shown messages of ``conversation`` (with ids below
+    ``before`` when given), oldest first, as ``[{"role", "content"}]``.
 
     Shown: complete or cancelled, with text (a failed reply's partial text stays out).
     A reply that called tools comes with a note of its calls and results before its
     text (:func:`mpai.chat.tool_loop.with_tool_note`).
     """
+    shown = Message.objects.filter(
+        conversation=conversation,
+        status__in=[Message.Status.COMPLETE, Message.Status.CANCELLED],
+    )
+    if before is not None:
+        shown = shown.filter(pk__lt=before)
     rows = (
-        Message.objects.filter(
-            conversation=conversation,
-            status__in=[Message.Status.COMPLETE, Message.Status.CANCELLED],
-            pk__lt=before,
-        )
-        .exclude(content="")
+        shown.exclude(content="")
         .order_by("-created_at", "-pk")
         .values_list("role", "content", "tool_calls")[:limit]
     )
@@ -95,25 +98,31 @@ class ConversationHistory:
             self.memories.popitem(last=False)
         return memory
 
+    def adopt(self, pk: int, memory: ConversationMemory) -> None:
+        """Keep ``memory`` as the live memory of the conversation ``pk`` (a new
+        conversation's, made by :meth:`memory` before the conversation was saved)."""
+        self._keep(pk, memory)
+
     def memory(
-        self, conversation: Conversation, *, before: int, new: bool = False
+        self, conversation: Conversation, *, before: int | None = None, new: bool = False
     ) -> ConversationMemory:
         """Return the live memory of ``conversation`` with its current messages.
 
-        ``new``: the conversation was created by this turn, so it has no messages
-        before ``before``; nothing is read (no cache lookup, no query).
+        ``new``: the conversation is created by this turn, so it has no messages;
+        nothing is read (no cache lookup, no query), and a conversation not saved yet
+        gets a memory that is kept once it is (:meth:`adopt`).
 
         The messages come from the cached conversation history (15 minutes, shared by
         every connection and process, so two tabs on one conversation agree); without
         it, from this connection's live memory unless the conversation moved on since
         (another tab or device) or it sat idle past ``MEMORY_IDLE_SECONDS``, which also
         drops the cached history; else from the database, taking only messages saved
-        before ``before`` (the current user message's id).
+        before ``before`` (the current user message's id) when given.
         """
         if new:
             fresh = ConversationMemory(max_pairs=mpai_settings.MEMORY_MAX_PAIRS)
             fresh.synced_at = timezone.now()
-            return self._keep(conversation.pk, fresh)
+            return fresh if conversation.pk is None else self._keep(conversation.pk, fresh)
         memory = self.memories.get(conversation.pk)
         if memory is not None and memory.idle_for() > mpai_settings.MEMORY_IDLE_SECONDS:
             del self.memories[conversation.pk]

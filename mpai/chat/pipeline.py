@@ -16,7 +16,7 @@ thread. Signals are sent at each measurement point (:mod:`mpai.signals`; README,
 from __future__ import annotations
 
 import logging
-from collections.abc import Generator, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -25,18 +25,20 @@ from django.dispatch import Signal
 from django.utils import timezone
 
 from mpai import signals
-from mpai.chat import leases, replay, response_cache, turns
+from mpai.chat import client_ids, leases, replay, response_cache, turns
 from mpai.chat import trace as points
 from mpai.chat.context import ContextBuilder, ContextRequest, budget_tokens
 from mpai.chat.history import ConversationHistory
 from mpai.chat.memory import ConversationMemory
 from mpai.chat.model_choice import choose_model
+from mpai.chat.opening import Opening, open_early
 from mpai.chat.ratelimit import enforce
 from mpai.chat.saving import release_db_connection, save_reply
 from mpai.chat.titles import default_title
 from mpai.chat.tool_loop import (
     ROUND_SEPARATOR,
     assistant_tool_message,
+    fit_follow_up,
     summed_usage,
     tool_record,
     with_tool_note,
@@ -53,12 +55,18 @@ from mpai.chat.turns import (
     TurnResult,
     TurnStream,
 )
-from mpai.chat.validation import validate_client_id, validate_content, validate_page
+from mpai.chat.validation import (
+    validate_client_id,
+    validate_content,
+    validate_page,
+    validate_resume_from,
+)
 from mpai.conf import mpai_settings
 from mpai.exceptions import (
     ConversationNotFound,
     MessageTooLong,
     MpaiError,
+    NotAuthenticated,
     ToolIterationsExceeded,
 )
 from mpai.models import Conversation, Message
@@ -104,11 +112,52 @@ class Streamed:
     tool_calls: tuple[ToolCall, ...] = ()
 
 
+@dataclass
+class Prepared:
+    """What a turn's first provider request is, decided before the exchange is saved.
+
+    Attributes:
+        memory: the conversation's live memory (without this exchange).
+        model: the chosen model.
+        request: the first request of the turn.
+        use_cache: the response cache applies to this turn.
+        cached: the cached reply to ``request``, or None.
+        opening: the request already sent (:mod:`mpai.chat.opening`), or None (a
+            cached reply, or sent once the turn is started).
+    """
+
+    memory: ConversationMemory
+    model: str
+    request: ChatRequest
+    use_cache: bool
+    cached: response_cache.CachedReply | None
+    opening: Opening | None
+
+    def discard(self) -> None:
+        """Drop the request sent early, if the turn will not take it."""
+        if self.opening is not None:
+            self.opening.discard()
+
+
 def send_robust(signal: Signal, **kwargs: Any) -> None:
     """Send ``signal`` from the pipeline; a receiver's exception is logged, never raised."""
     for receiver, response in signal.send_robust(sender=ChatPipeline, **kwargs):
         if isinstance(response, Exception):
             logger.error("mpai signal receiver %r raised", receiver, exc_info=response)
+
+
+def _authorized(user: Any, authorize: Callable[[], Any] | None) -> Any:
+    """Return the user ``authorize`` confirms (``user`` without one).
+
+    Raises:
+        NotAuthenticated: ``authorize`` returned None.
+    """
+    if authorize is None:
+        return user
+    fresh = authorize()
+    if fresh is None:
+        raise NotAuthenticated()
+    return fresh
 
 
 class ChatPipeline:
@@ -141,32 +190,48 @@ class ChatPipeline:
         client_id: object = None,
         page: object = None,
         use_cache: object = True,
+        authorize: Callable[[], Any] | None = None,
+        resume_from: object = None,
     ) -> TurnStream:
         """Validate and save a message; return the events of its turn.
 
         A ``client_id`` the user already sent replays the earlier exchange
         (``Started.replayed``) instead of saving a second one.
 
+        The first provider request is sent before the exchange is saved, once
+        everything it depends on is decided (:mod:`mpai.chat.opening`): the save runs
+        while the provider prepares its first token.
+
         Args:
             page: optional ``{"url": str, "title": str}`` of the page the user is on.
             use_cache: False skips the response cache for this request.
+            authorize: optional check that the user may still chat (the websocket's
+                session check, :func:`mpai.sessions.current_user`): returns the user,
+                fresh, or None. Called before anything is saved, replayed or sent.
+            resume_from: characters of the reply a resend's client already has (a
+                non-negative int; None = 0): the replay sends only the text after them.
 
         Raises (before any event, nothing saved):
-            InvalidMessage, MessageTooLong: bad content, ``client_id`` or ``page``; a
+            InvalidMessage, MessageTooLong: bad content, ``client_id``, ``page`` or
+                ``resume_from``; a
                 message whose tokens alone exceed the context budget is too long.
             RateLimited: the user's token bucket is empty (``retry_after`` in seconds);
                 a resend counts like a new message (each one may wait for a reply).
+            QuotaExceeded: the user's plan allows no more messages now.
             ConversationNotFound: no such conversation of this user.
+            NotAuthenticated: ``authorize`` returned None.
         """
-        turn = self._start(
+        turn, prepared = self._start(
             user=user,
             content=content,
             conversation_id=conversation_id,
             client_id=client_id,
             page=page,
             use_cache=use_cache,
+            authorize=authorize,
+            resume_from=resume_from,
         )
-        return TurnStream(turn, self._events(turn))
+        return TurnStream(turn, self._events(turn, prepared))
 
     def complete(self, **kwargs: Any) -> TurnResult:
         """Run a whole turn and return its result (the HTTP API, tasks).
@@ -193,26 +258,51 @@ class ChatPipeline:
         client_id: object,
         page: object,
         use_cache: object,
-    ) -> ChatTurn:
+        authorize: Callable[[], Any] | None,
+        resume_from: object,
+    ) -> tuple[ChatTurn, Prepared | None]:
         trace = Trace()
         text = validate_content(content)
         if ContextBuilder().estimate(text) > budget_tokens():
             raise MessageTooLong("The message alone is longer than the model's context budget.")
         cid = validate_client_id(client_id)
+        skip = validate_resume_from(resume_from)
         checked_page = validate_page(page)
         enforce(user=user)
-        if cid is not None:
-            earlier = replay.find_exchange(user, cid, trace)
+        # A client_id Redis has not seen is new: no lookup (mpai.chat.client_ids).
+        if cid is not None and not client_ids.claim(user, cid):
+            earlier = replay.find_exchange(user, cid, trace, resume_from=skip)
             if earlier is not None:
-                return earlier
+                _authorized(user, authorize)
+                return earlier, None
         # After the replay: a resend of a message already answered is not a new one.
         check_quota(user)
+        conversation, created = self._conversation(user, conversation_id, text)
+        # Before the request: a signed-out socket's message never reaches the provider.
+        user = _authorized(user, authorize)
+        if created:
+            conversation.owner = user
+        try:
+            prepared: Prepared | None = self._prepare(
+                user,
+                conversation,
+                new=created,
+                query=text,
+                page=checked_page,
+                use_cache=use_cache is not False,
+                trace=trace,
+            )
+        except Exception:
+            # Then the turn prepares once started, where a failure is a saved error.
+            logger.exception("mpai could not prepare a turn before saving it")
+            prepared = None
         try:
             # One transaction: a client_id race leaves no empty conversation behind.
             # Both messages in one INSERT; the conversation's updated_at moves when the
             # reply is saved (save_reply), after the last token rather than before the first.
             with transaction.atomic():
-                conversation, created = self._conversation(user, conversation_id, text)
+                if created:
+                    conversation.save(force_insert=True)
                 user_message = Message(
                     conversation=conversation,
                     owner=user,
@@ -229,12 +319,26 @@ class ChatPipeline:
                 )
                 Message.objects.bulk_create([user_message, assistant_message])
         except IntegrityError:
+            if prepared is not None:
+                prepared.discard()
+            if created:
+                conversation.pk = None  # rolled back
             # Two sends with one client_id raced: the other one won.
-            earlier = replay.find_exchange(user, cid, trace) if cid is not None else None
+            earlier = (
+                replay.find_exchange(user, cid, trace, resume_from=skip)
+                if cid is not None
+                else None
+            )
             if earlier is None:
                 raise
-            return earlier
-        return ChatTurn(
+            return earlier, None
+        except BaseException:
+            if prepared is not None:
+                prepared.discard()
+            raise
+        if created and prepared is not None:
+            self.history.adopt(conversation.pk, prepared.memory)
+        turn = ChatTurn(
             user,
             conversation,
             user_message,
@@ -245,12 +349,52 @@ class ChatPipeline:
             client_id=cid,
             new_conversation=created,
         )
+        return turn, prepared
+
+    def _prepare(
+        self,
+        user: Any,
+        conversation: Conversation,
+        *,
+        new: bool,
+        query: str,
+        page: dict[str, Any] | None,
+        use_cache: bool,
+        trace: Trace,
+        before: int | None = None,
+    ) -> Prepared:
+        """Build the context and the first request; look it up in the response cache,
+        and send it unless cached (:mod:`mpai.chat.opening`)."""
+        common = {"user": user, "conversation": conversation}
+        memory = self.history.memory(conversation, before=before, new=new)
+        context = ContextBuilder().build(
+            ContextRequest(user, conversation, query, page), memory.messages
+        )
+        model = choose_model(query=query, prompt_tokens=context.tokens)
+        trace.mark(points.CONTEXT_BUILT)
+        send_robust(
+            signals.context_built, trace=trace, messages=context.messages, model=model, **common
+        )
+        # Tools the user may use are offered on every request of the turn (the cache
+        # key covers them); a turn that called any is never stored in the cache.
+        offered = [tool.openai_schema() for tool in enabled_tools(user)] or None
+        request = ChatRequest(model=model, messages=context.messages, tools=offered)
+        use_cache = use_cache and bool(mpai_settings.RESPONSE_CACHE_ENABLED)
+        cached = response_cache.lookup(request) if use_cache else None
+        opening = None
+        if cached is None:
+            provider = self.provider
+            trace.provider_name = provider.provider_name
+            trace.mark_once(points.API_REQUEST_SENT)
+            send_robust(signals.api_request_sent, trace=trace, request=request, **common)
+            opening = open_early(provider, request)
+        return Prepared(memory, model, request, use_cache, cached, opening)
 
     @staticmethod
     def _conversation(user: Any, conversation_id: object, text: str) -> tuple[Conversation, bool]:
-        """Return (the conversation, whether it was created now)."""
-        if conversation_id is None:
-            return Conversation.objects.create(owner=user, title=default_title(text)), True
+        """Return (the conversation, whether it is new: then not saved yet)."""
+        if conversation_id is None:  # saved with the exchange
+            return Conversation(owner=user, title=default_title(text)), True
         # Ids are the integers we sent (or their decimal strings); anything else is unknown.
         if isinstance(conversation_id, bool) or not isinstance(conversation_id, int | str):
             raise ConversationNotFound()
@@ -261,7 +405,7 @@ class ChatPipeline:
 
     # -- the turn ----------------------------------------------------------------------
 
-    def _events(self, turn: ChatTurn) -> Iterator[Event]:
+    def _events(self, turn: ChatTurn, prepared: Prepared | None) -> Iterator[Event]:
         """Yield the events of a started turn; it always ends saved, with Finished."""
         turns.register(turn)
         if not turn.replayed:
@@ -278,7 +422,7 @@ class ChatPipeline:
                 result = yield from replay.replay(turn)
             else:
                 try:
-                    result = yield from self._generate(turn)
+                    result = yield from self._generate(turn, prepared)
                 except Exception as exc:
                     # A started turn always ends saved: the text so far, status error.
                     logger.exception("mpai chat turn failed; saving its partial reply")
@@ -286,6 +430,8 @@ class ChatPipeline:
                     error.__cause__ = exc
                     result = self._finish(turn, None, None, error)
         finally:
+            if prepared is not None:
+                prepared.discard()  # not taken: the turn ended before its request
             turns.unregister(turn)
             leases.release(turn.assistant_message.pk)
         yield Finished(result)
@@ -305,29 +451,26 @@ class ChatPipeline:
             timings_ms=result.timings_ms,
         )
 
-    def _generate(self, turn: ChatTurn) -> Generator[Event, None, TurnResult]:
-        trace, common = turn.trace, {"user": turn.user, "conversation": turn.conversation}
-        if turn.cancelled:  # cancelled before it began: no provider request at all
+    def _generate(
+        self, turn: ChatTurn, prepared: Prepared | None
+    ) -> Generator[Event, None, TurnResult]:
+        trace = turn.trace
+        if turn.cancelled:  # cancelled before it began: no reply at all
             return self._finish(turn, None, None, None)
-        memory = self.history.memory(
-            turn.conversation, before=turn.user_message.pk, new=turn.new_conversation
-        )
         query = turn.user_message.content
-        context = ContextBuilder().build(
-            ContextRequest(turn.user, turn.conversation, query, turn.page), memory.messages
-        )
-        model = turn.model = choose_model(query=query, prompt_tokens=context.tokens)
-        trace.mark(points.CONTEXT_BUILT)
-        send_robust(
-            signals.context_built, trace=trace, messages=context.messages, model=model, **common
-        )
-
-        # Tools the user may use are offered on every request of the turn (the cache
-        # key covers them); a turn that called any is never stored in the cache.
-        offered = [tool.openai_schema() for tool in enabled_tools(turn.user)] or None
-        request = ChatRequest(model=model, messages=context.messages, tools=offered)
-        use_cache = turn.use_cache and mpai_settings.RESPONSE_CACHE_ENABLED
-        cached = response_cache.lookup(request) if use_cache else None
+        if prepared is None:
+            prepared = self._prepare(
+                turn.user,
+                turn.conversation,
+                new=turn.new_conversation,
+                query=query,
+                page=turn.page,
+                use_cache=turn.use_cache,
+                trace=trace,
+                before=turn.user_message.pk,
+            )
+        memory, request, cached = prepared.memory, prepared.request, prepared.cached
+        turn.model = prepared.model
         if cached is not None:
             trace.cached = True
             size = max(int(mpai_settings.CACHED_DELTA_CHARS), 1)
@@ -342,10 +485,10 @@ class ChatPipeline:
             result = self._finish(turn, cached.finish_reason, cached.usage, None)
         else:
             release_db_connection()  # the stream does no database work, for seconds
-            finish_reason, usage, error = yield from self._converse(turn, request)
+            finish_reason, usage, error = yield from self._converse(turn, request, prepared.opening)
             result = self._finish(turn, finish_reason, usage, error)
             complete = result.status == Message.Status.COMPLETE
-            if use_cache and complete and not turn.refusal and not turn.tool_records:
+            if prepared.use_cache and complete and not turn.refusal and not turn.tool_records:
                 text = result.message.content
                 turn.after_finish.append(
                     lambda: response_cache.store(
@@ -362,9 +505,11 @@ class ChatPipeline:
         return result
 
     def _converse(
-        self, turn: ChatTurn, request: ChatRequest
+        self, turn: ChatTurn, request: ChatRequest, opening: Opening | None = None
     ) -> Generator[Event, None, tuple[str | None, Usage | None, MpaiError | None]]:
         """The provider requests of a turn; return (finish_reason, usage, error).
+
+        ``opening``: the first request, sent already (:meth:`_prepare`).
 
         One request, unless it offers tools and the model asks for some: then the calls
         run (:meth:`_run_tools`) and the conversation goes again with the calls and
@@ -380,8 +525,9 @@ class ChatPipeline:
         wrote_text = False
         while True:
             streamed = yield from self._stream(
-                turn, request, separator=ROUND_SEPARATOR if wrote_text else ""
+                turn, request, separator=ROUND_SEPARATOR if wrote_text else "", opening=opening
             )
+            opening = None
             wrote_text = wrote_text or bool(streamed.text)
             usage = summed_usage(usage, streamed.usage)
             calls = streamed.tool_calls
@@ -394,11 +540,17 @@ class ChatPipeline:
             results = yield from self._run_tools(turn, calls)
             if turn.cancelled:
                 return None, usage, None
-            messages = [
-                *request.messages,
-                assistant_tool_message(streamed.text, calls),
-                *tool_messages(results),
-            ]
+            # The follow-up fits the input budget too: older history goes first, then
+            # tool results are cut (never dropped from their calls).
+            messages = fit_follow_up(
+                [
+                    *request.messages,
+                    assistant_tool_message(streamed.text, calls),
+                    *tool_messages(results),
+                ],
+                budget=budget_tokens(),
+                estimate=ContextBuilder().estimate,
+            )
             request = replace(request, messages=messages)
 
     def _run_tools(
@@ -428,10 +580,16 @@ class ChatPipeline:
         return results
 
     def _stream(
-        self, turn: ChatTurn, request: ChatRequest, *, separator: str = ""
+        self,
+        turn: ChatTurn,
+        request: ChatRequest,
+        *,
+        separator: str = "",
+        opening: Opening | None = None,
     ) -> Generator[Delta, None, Streamed]:
-        """Call the provider once and yield its deltas (``separator`` first, before the
-        first text, when given); return what the request gave."""
+        """Call the provider once (or take ``opening``, the request sent already) and
+        yield its deltas (``separator`` first, before the first text, when given);
+        return what the request gave."""
         trace, common = turn.trace, {"user": turn.user, "conversation": turn.conversation}
         reply = turn.reply
         text = ReplyBuffer()
@@ -440,13 +598,14 @@ class ChatPipeline:
         error: MpaiError | None = None
         tool_calls: tuple[ToolCall, ...] = ()
         provider = self.provider
-        trace.provider_name = provider.provider_name
-        # The first request's times (a tool loop sends more): first_token stays the
-        # wait the user had for the first text.
-        trace.mark_once(points.API_REQUEST_SENT)
-        send_robust(signals.api_request_sent, trace=trace, request=request, **common)
+        if opening is None:
+            trace.provider_name = provider.provider_name
+            # The first request's times (a tool loop sends more): first_token stays the
+            # wait the user had for the first text.
+            trace.mark_once(points.API_REQUEST_SENT)
+            send_robust(signals.api_request_sent, trace=trace, request=request, **common)
         try:
-            stream = provider.open_stream(request)
+            stream = opening.take() if opening is not None else provider.open_stream(request)
         except MpaiError as exc:
             return Streamed("", None, None, exc)
         except Exception as exc:

@@ -28,6 +28,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+from mpai.chat.reply_stream import ReplyPublisher, open_publisher
 from mpai.chat.trace import Trace
 from mpai.exceptions import MpaiError
 from mpai.models import Conversation, Message
@@ -100,17 +101,23 @@ class ReplyBuffer:
 
     BLOCK = 256
 
-    __slots__ = ("_blocks", "_parts")
+    __slots__ = ("_blocks", "_parts", "publisher")
 
     def __init__(self) -> None:
         self._blocks: list[str] = []
         self._parts: list[str] = []
+        # The reply's stream for resends in other processes (set by register()).
+        self.publisher: ReplyPublisher | None = None
 
     def write(self, text: str) -> None:
+        """Append ``text``; publish it to the reply's stream too, when it has one."""
         self._parts.append(text)
         if len(self._parts) >= self.BLOCK:
             self._blocks.append("".join(self._parts))
             self._parts.clear()
+        publisher = self.publisher
+        if publisher is not None:
+            publisher.write(text)
 
     def getvalue(self) -> str:
         """Return the whole text so far."""
@@ -130,6 +137,8 @@ class ChatTurn:
     page: dict[str, Any] | None = None
     use_cache: bool = True
     client_id: str | None = None
+    # A replayed turn: characters of the reply the client already has (not sent again).
+    resume_from: int = 0
     # The conversation was created by this turn: it has no history to read.
     new_conversation: bool = False
     _cancelled: threading.Event = field(default_factory=threading.Event, repr=False)
@@ -292,13 +301,21 @@ _active_lock = threading.Lock()
 
 
 def register(turn: ChatTurn) -> None:
+    """Count ``turn`` as being generated here; a reply it generates (not a replay) gets
+    its stream for resends in other processes (:mod:`mpai.chat.reply_stream`)."""
+    if not turn.replayed and turn.reply.publisher is None:
+        turn.reply.publisher = open_publisher(turn.assistant_message.pk)
     with _active_lock:
         _active_turns.add(turn)
 
 
 def unregister(turn: ChatTurn) -> None:
+    """The turn has ended, its reply saved: end the reply's stream with its status."""
     with _active_lock:
         _active_turns.discard(turn)
+    publisher, turn.reply.publisher = turn.reply.publisher, None
+    if publisher is not None:
+        publisher.close(turn.assistant_message.status)
 
 
 def cancel_all_turns() -> int:

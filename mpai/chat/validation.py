@@ -89,3 +89,23 @@ def validate_page(page: object) -> dict[str, Any] | None:
             raise InvalidMessage(f"page.{key} contains control characters.")
         clean[key] = value
     return clean
+
+
+def validate_resume_from(value: object) -> int:
+    """Return the ``resume_from`` of a resend: characters of the reply the client has.
+
+    The optional field of a ``chat.message`` that repeats a ``client_id``: the replay
+    then sends only the reply's text after that many characters. Absent (None) is 0.
+
+    Raises:
+        InvalidMessage: present but not a non-negative integer (``true``/``false`` and
+            ``1.0`` are refused too).
+    """
+    if value is None:
+        return 0
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise InvalidMessage(
+            "resume_from must be a non-negative integer: the characters of the reply "
+            "the client already has."
+        )
+    return value

@@ -50,6 +50,7 @@ import json
 import math
 import re
 import threading
+import time
 from collections.abc import Iterator
 from importlib import resources
 from pathlib import Path
@@ -567,9 +568,13 @@ class OfflineStream(ChatStream):
         self._first_token_s = first_token_s
         self._interval_s = token_interval_s
         self._closed = threading.Event()
+        # Like a real server, the model starts when the request arrives (open_stream),
+        # not when the client starts reading.
+        self._opened_at = time.monotonic()
 
     def __iter__(self) -> Iterator[StreamChunk]:
-        if self._first_token_s > 0 and self._closed.wait(self._first_token_s):
+        wait_s = self._first_token_s - (time.monotonic() - self._opened_at)
+        if wait_s > 0 and self._closed.wait(wait_s):
             return
         sent = 0
         for index, match in enumerate(_TOKEN_RE.finditer(self._text)):
@@ -599,7 +604,8 @@ class OfflineProvider(ChatProvider):
     """A provider that answers from packaged text, paced like a real model.
 
     Options:
-        first_token_ms: delay before the first delta, ms (default 300).
+        first_token_ms: delay from the request (``open_stream``) to the first delta, ms
+            (default 300).
         tokens_per_second: pace of the following deltas (default 40; 0 = no delay).
         reply: a fixed reply for every request (default None).
         corpus: path of a conversations JSON-lines file to replay (default None).

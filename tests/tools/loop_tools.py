@@ -60,6 +60,12 @@ def meet(user: Any, who: str) -> dict[str, Any]:
     return {"met": who}
 
 
+@tool
+def repeat(user: Any, word: str, times: int) -> dict[str, Any]:
+    """Return ``word`` ``times`` times (a large result from small arguments)."""
+    return {"text": " ".join([word] * times)}
+
+
 ALL = [
     f"tests.tools.loop_tools.{name}" for name in ("echo", "refuse", "slow", "wait_for_gate", "meet")
 ]

@@ -461,3 +461,43 @@ def test_the_context_note_is_bounded_and_absent_without_calls():
     assert note.endswith("]\n\nAnswer.")
     assert len(note) < NOTE_MAX_CHARS + 100
     assert "refuse({}) -> error not_found" in with_tool_note("A.", [failed])
+
+
+def test_a_follow_up_request_is_fitted_to_the_token_budget(pipeline, fake_openai, user, configure):
+    from mpai.chat.context import ContextBuilder, budget_tokens
+    from mpai.chat.tool_loop import MESSAGE_OVERHEAD, TRUNCATION_MARKER
+
+    # A budget of 1,000 tokens and a tool result of about 3,000: the follow-up must cut
+    # the result rather than send more than the model takes.
+    configure(
+        [*loop_tools.ALL, "tests.tools.loop_tools.repeat"],
+        RESPONSE_CACHE_ENABLED=False,
+        MAX_INPUT_TOKENS=1500,
+        REPLY_RESERVE_TOKENS=500,
+        TOOL_RESULT_MAX_BYTES=64 * 1024,
+    )
+    arguments = json.dumps({"word": "membership", "times": 3000})
+    fake_openai.stream_tool_calls([{"id": "call_big", "name": "repeat", "arguments": arguments}])
+    fake_openai.stream_reply(["Done."])
+
+    result = result_of(events_of(pipeline, user, "Repeat a word many times"))
+
+    assert result.status == "complete"
+    first, second = fake_openai.requests
+    estimate = ContextBuilder().estimate
+    sent = sum(
+        MESSAGE_OVERHEAD
+        + estimate(m.get("content") or "")
+        + sum(
+            estimate(c["function"]["arguments"]) + estimate(c["function"]["name"])
+            for c in m.get("tool_calls") or ()
+        )
+        for m in second["messages"]
+    )
+    assert sent <= budget_tokens()
+    tool_message = second["messages"][-1]
+    assert tool_message["role"] == "tool"
+    assert tool_message["tool_call_id"] == "call_big"
+    assert tool_message["content"].endswith(TRUNCATION_MARKER)
+    assert second["messages"][-2]["tool_calls"][0]["id"] == "call_big"
+    assert second["messages"][-3] == first["messages"][-1]  # the user's question kept
