@@ -205,9 +205,9 @@ DEFAULTS: dict[str, Any] = {
     "REPLAY_POLL_SECONDS": 0.25,
     # Reply streams (mpai.chat.reply_stream): a reply being generated is published to a
     # Redis Stream (the rate limiter's Redis) in batches of the deltas of up to this many
-    # ms, and a resend in any process follows it; the stream expires this many seconds
-    # after its last write.
-    "REPLAY_BATCH_MS": 20,
+    # ms (fewer batches cost less CPU: README, "Resends and replays"), and a resend in any
+    # process follows it; the stream expires this many seconds after its last write.
+    "REPLAY_BATCH_MS": 100,
     "REPLAY_STREAM_TTL_SECONDS": 300,
     # Attempts of the final save of a reply, each on a fresh database connection.
     "SAVE_ATTEMPTS": 5,

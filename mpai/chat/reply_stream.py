@@ -15,11 +15,11 @@ Entries of a stream, in order:
 
 Deltas are never sent one by one: :meth:`ReplyPublisher.write` only appends to a
 buffer (no I/O on the delta path), and one daemon thread per process flushes every
-buffer that has text once it is ``MPAI["REPLAY_BATCH_MS"]`` (20 ms) old, or at once
-past :data:`BATCH_CHARS`, all of them in one pipelined round trip (``XADD`` and
-``EXPIRE`` per stream). Every flush renews the stream's expiry,
-``MPAI["REPLAY_STREAM_TTL_SECONDS"]`` (300 s), so a killed process leaves nothing
-for ever.
+buffer that has text once it is ``MPAI["REPLAY_BATCH_MS"]`` (100 ms) old, or at once
+past :data:`BATCH_CHARS`, all of them in one pipelined round trip (an ``XADD`` per
+stream). The stream's expiry, ``MPAI["REPLAY_STREAM_TTL_SECONDS"]`` (300 s), is set
+by its first flush and renewed at its end and whenever a third of it has passed, so a
+killed process leaves nothing for ever.
 
 The Redis is the rate limiter's (``MPAI["RATE_LIMIT"]``: its ``REDIS_URL``, else its
 ``CACHE`` when that is django-redis or Django's RedisCache). Without one (the embedded
@@ -132,6 +132,7 @@ class ReplyPublisher:
         self._scheduled = False
         self._end: str | None = None
         self._end_sent = False
+        self._expires_set_at = 0.0  # time.monotonic() of the last EXPIRE queued
         self.broken = False
 
     def write(self, text: str) -> None:
@@ -183,7 +184,13 @@ class ReplyPublisher:
             pipe.xadd(self.key, {"o": offset, "t": text})
         if end is not None and end != _STREAMING:
             pipe.xadd(self.key, {"end": end})
-        pipe.expire(self.key, ttl)
+        # The expiry is set by the first flush and renewed at the end and once a third
+        # of it has passed, not on every flush: an EXPIRE per batch would double the
+        # commands of a busy process.
+        now = time.monotonic()
+        if not started or end is not None or now - self._expires_set_at >= ttl / 3:
+            self._expires_set_at = now
+            pipe.expire(self.key, ttl)
         return True
 
 
