@@ -20,21 +20,25 @@ from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from django.db import IntegrityError, transaction
-from django.dispatch import Signal
-from django.utils import timezone
+from django.db import IntegrityError
 
 from mpai import signals
 from mpai.chat import client_ids, leases, replay, response_cache, turns
 from mpai.chat import trace as points
-from mpai.chat.context import ContextBuilder, ContextRequest, budget_tokens
+from mpai.chat.context import ContextBuilder, budget_tokens
 from mpai.chat.history import ConversationHistory
 from mpai.chat.memory import ConversationMemory
-from mpai.chat.model_choice import choose_model
-from mpai.chat.opening import Opening, open_early
+from mpai.chat.opening import Opening
 from mpai.chat.ratelimit import enforce
 from mpai.chat.saving import release_db_connection, save_reply
-from mpai.chat.titles import default_title
+from mpai.chat.starting import (
+    Prepared,
+    authorized,
+    find_conversation,
+    prepare_turn,
+    save_exchange,
+    send_robust,
+)
 from mpai.chat.tool_loop import (
     ROUND_SEPARATOR,
     assistant_tool_message,
@@ -63,15 +67,13 @@ from mpai.chat.validation import (
 )
 from mpai.conf import mpai_settings
 from mpai.exceptions import (
-    ConversationNotFound,
     MessageTooLong,
     MpaiError,
-    NotAuthenticated,
     ToolIterationsExceeded,
 )
-from mpai.models import Conversation, Message
+from mpai.models import Message
 from mpai.providers import ChatProvider, ChatRequest, ToolCall, Usage, get_provider
-from mpai.tools import ToolResult, enabled_tools, run_tool_calls, tool_messages
+from mpai.tools import ToolResult, run_tool_calls, tool_messages
 from mpai.usage.quotas import check_quota
 
 logger = logging.getLogger(__name__)
@@ -110,54 +112,6 @@ class Streamed:
     usage: Usage | None
     error: MpaiError | None
     tool_calls: tuple[ToolCall, ...] = ()
-
-
-@dataclass
-class Prepared:
-    """What a turn's first provider request is, decided before the exchange is saved.
-
-    Attributes:
-        memory: the conversation's live memory (without this exchange).
-        model: the chosen model.
-        request: the first request of the turn.
-        use_cache: the response cache applies to this turn.
-        cached: the cached reply to ``request``, or None.
-        opening: the request already sent (:mod:`mpai.chat.opening`), or None (a
-            cached reply, or sent once the turn is started).
-    """
-
-    memory: ConversationMemory
-    model: str
-    request: ChatRequest
-    use_cache: bool
-    cached: response_cache.CachedReply | None
-    opening: Opening | None
-
-    def discard(self) -> None:
-        """Drop the request sent early, if the turn will not take it."""
-        if self.opening is not None:
-            self.opening.discard()
-
-
-def send_robust(signal: Signal, **kwargs: Any) -> None:
-    """Send ``signal`` from the pipeline; a receiver's exception is logged, never raised."""
-    for receiver, response in signal.send_robust(sender=ChatPipeline, **kwargs):
-        if isinstance(response, Exception):
-            logger.error("mpai signal receiver %r raised", receiver, exc_info=response)
-
-
-def _authorized(user: Any, authorize: Callable[[], Any] | None) -> Any:
-    """Return the user ``authorize`` confirms (``user`` without one).
-
-    Raises:
-        NotAuthenticated: ``authorize`` returned None.
-    """
-    if authorize is None:
-        return user
-    fresh = authorize()
-    if fresh is None:
-        raise NotAuthenticated()
-    return fresh
 
 
 class ChatPipeline:
@@ -273,17 +227,19 @@ class ChatPipeline:
         if cid is not None and not client_ids.claim(user, cid):
             earlier = replay.find_exchange(user, cid, trace, resume_from=skip)
             if earlier is not None:
-                _authorized(user, authorize)
+                authorized(user, authorize)
                 return earlier, None
         # After the replay: a resend of a message already answered is not a new one.
         check_quota(user)
-        conversation, created = self._conversation(user, conversation_id, text)
+        conversation, created = find_conversation(user, conversation_id, text)
         # Before the request: a signed-out socket's message never reaches the provider.
-        user = _authorized(user, authorize)
+        user = authorized(user, authorize)
         if created:
             conversation.owner = user
         try:
-            prepared: Prepared | None = self._prepare(
+            prepared: Prepared | None = prepare_turn(
+                self.history,
+                self.provider,
                 user,
                 conversation,
                 new=created,
@@ -297,27 +253,9 @@ class ChatPipeline:
             logger.exception("mpai could not prepare a turn before saving it")
             prepared = None
         try:
-            # One transaction: a client_id race leaves no empty conversation behind.
-            # Both messages in one INSERT; the conversation's updated_at moves when the
-            # reply is saved (save_reply), after the last token rather than before the first.
-            with transaction.atomic():
-                if created:
-                    conversation.save(force_insert=True)
-                user_message = Message(
-                    conversation=conversation,
-                    owner=user,
-                    role=Message.Role.USER,
-                    content=text,
-                    client_id=cid,
-                )
-                assistant_message = Message(
-                    conversation=conversation,
-                    owner=user,
-                    role=Message.Role.ASSISTANT,
-                    status=Message.Status.STREAMING,
-                    heartbeat_at=timezone.now(),
-                )
-                Message.objects.bulk_create([user_message, assistant_message])
+            user_message, assistant_message = save_exchange(
+                user, conversation, text, client_id=cid, new=created
+            )
         except IntegrityError:
             if prepared is not None:
                 prepared.discard()
@@ -350,58 +288,6 @@ class ChatPipeline:
             new_conversation=created,
         )
         return turn, prepared
-
-    def _prepare(
-        self,
-        user: Any,
-        conversation: Conversation,
-        *,
-        new: bool,
-        query: str,
-        page: dict[str, Any] | None,
-        use_cache: bool,
-        trace: Trace,
-        before: int | None = None,
-    ) -> Prepared:
-        """Build the context and the first request; look it up in the response cache,
-        and send it unless cached (:mod:`mpai.chat.opening`)."""
-        common = {"user": user, "conversation": conversation}
-        memory = self.history.memory(conversation, before=before, new=new)
-        context = ContextBuilder().build(
-            ContextRequest(user, conversation, query, page), memory.messages
-        )
-        model = choose_model(query=query, prompt_tokens=context.tokens)
-        trace.mark(points.CONTEXT_BUILT)
-        send_robust(
-            signals.context_built, trace=trace, messages=context.messages, model=model, **common
-        )
-        # Tools the user may use are offered on every request of the turn (the cache
-        # key covers them); a turn that called any is never stored in the cache.
-        offered = [tool.openai_schema() for tool in enabled_tools(user)] or None
-        request = ChatRequest(model=model, messages=context.messages, tools=offered)
-        use_cache = use_cache and bool(mpai_settings.RESPONSE_CACHE_ENABLED)
-        cached = response_cache.lookup(request) if use_cache else None
-        opening = None
-        if cached is None:
-            provider = self.provider
-            trace.provider_name = provider.provider_name
-            trace.mark_once(points.API_REQUEST_SENT)
-            send_robust(signals.api_request_sent, trace=trace, request=request, **common)
-            opening = open_early(provider, request)
-        return Prepared(memory, model, request, use_cache, cached, opening)
-
-    @staticmethod
-    def _conversation(user: Any, conversation_id: object, text: str) -> tuple[Conversation, bool]:
-        """Return (the conversation, whether it is new: then not saved yet)."""
-        if conversation_id is None:  # saved with the exchange
-            return Conversation(owner=user, title=default_title(text)), True
-        # Ids are the integers we sent (or their decimal strings); anything else is unknown.
-        if isinstance(conversation_id, bool) or not isinstance(conversation_id, int | str):
-            raise ConversationNotFound()
-        try:
-            return Conversation.objects.get(pk=int(conversation_id), owner=user), False
-        except (ValueError, OverflowError, Conversation.DoesNotExist) as exc:
-            raise ConversationNotFound() from exc
 
     # -- the turn ----------------------------------------------------------------------
 
@@ -459,7 +345,9 @@ class ChatPipeline:
             return self._finish(turn, None, None, None)
         query = turn.user_message.content
         if prepared is None:
-            prepared = self._prepare(
+            prepared = prepare_turn(
+                self.history,
+                self.provider,
                 turn.user,
                 turn.conversation,
                 new=turn.new_conversation,
