@@ -140,3 +140,56 @@ def test_a_resend_with_resume_from_on_another_worker_gets_only_the_rest(workers,
     assert status_at_first == "streaming"
     saved = Message.objects.get(pk=message_id).content
     assert had + "".join(deltas) == saved == REPLY
+
+
+@pytest.fixture
+def short_lease_workers(
+    django_db_setup, django_db_blocker, redis_server, fake_openai_url
+) -> Iterator[Any]:
+    """Two workers whose stream leases expire after 2 s (heartbeats every 0.5 s)."""
+    with django_db_blocker.unblock():
+        env = {
+            **server_env(redis_server.url, fake_openai_url),
+            "DJANGO_SETTINGS_MODULE": "tests.e2e_settings",
+            "MPAI_TEST_SETTINGS": json.dumps(
+                {
+                    "PROVIDER": SLOW_OFFLINE,
+                    "STREAM_HEARTBEAT_SECONDS": 0.5,
+                    "STREAM_LEASE_SECONDS": 2.0,
+                }
+            ),
+        }
+    started: list[AsgiServer] = []
+    try:
+        for _ in range(2):
+            server = AsgiServer(env)
+            server.start()
+            started.append(server)
+        yield started
+    finally:
+        for server in started:
+            server.stop()
+
+
+def test_a_resend_of_a_reply_whose_worker_was_killed_reports_it_honestly(short_lease_workers, user):
+    worker_a, worker_b = short_lease_workers
+    cookie = login_cookie(user)
+    message_id, _had = chat_and_leave(worker_a, cookie, "cross-killed")
+    assert worker_a.process is not None
+    worker_a.process.kill()  # SIGKILL: no shutdown, no save, no end of its reply stream
+    worker_a.process.wait(timeout=10)
+    assert Message.objects.get(pk=message_id).status == "streaming"
+
+    deltas, _status_at_first, final = resend(worker_b, cookie, "cross-killed", message_id)
+
+    # The text written before the kill, then an honest error: no writer is left.
+    assert final["type"] == "chat.error"
+    assert final["message"] == message_id  # the partial reply, saved
+    joined = "".join(deltas)
+    assert joined
+    assert REPLY.startswith(joined)
+    saved = Message.objects.get(pk=message_id)
+    assert saved.status == "error"  # marked by the resend once the lease expired
+    assert saved.error_code == final["code"] == "internal_error"
+    assert saved.content == joined  # what the resend showed is kept
+    assert final["message"] == message_id  # the frame names the partial reply

@@ -130,12 +130,14 @@ def _wait(turn: ChatTurn, position: _Position) -> Generator[Delta, None, bool]:
     deadline = time.monotonic() + float(mpai_settings.REPLAY_TIMEOUT_SECONDS)
     poll = float(mpai_settings.REPLAY_POLL_SECONDS)
     follower = reply_stream.follow_reply(message.pk)
+    streamed: list[str] = []  # the reply's text read from its stream, from the start
     release_db_connection()
     while not turn.cancelled:
         if follower is not None and not follower.failed:
             block = None if not follower.found else reply_stream.BLOCK_MS
             left_ms = int((deadline - time.monotonic()) * 1000)
             offset, text = follower.read(None if block is None else min(block, max(left_ms, 1)))
+            streamed.append(text)
             piece = position.unseen(offset, text)
             if piece:
                 turn.trace.mark_once(points.FIRST_DELTA)
@@ -153,6 +155,7 @@ def _wait(turn: ChatTurn, position: _Position) -> Generator[Delta, None, bool]:
                 if message.status != Message.Status.STREAMING:
                     return False
                 if leases.fail_if_orphaned(message.pk):
+                    _keep_streamed_text(message.pk, "".join(streamed))
                     message.refresh_from_db()
                     return False
                 release_db_connection()
@@ -169,6 +172,15 @@ def _wait(turn: ChatTurn, position: _Position) -> Generator[Delta, None, bool]:
         if message.status != Message.Status.STREAMING:
             return False
     return False
+
+
+def _keep_streamed_text(message_id: int, text: str) -> None:
+    """Save ``text`` (what the reply's stream carried) as the partial text of a reply
+    whose writer died before saving any: the resend showed it, so it is kept."""
+    if text:
+        Message.objects.filter(pk=message_id, status=Message.Status.ERROR, content="").update(
+            content=text
+        )
 
 
 def _result(turn: ChatTurn, timed_out: bool) -> TurnResult:
