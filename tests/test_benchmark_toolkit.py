@@ -219,6 +219,20 @@ def test_the_turn_suite_returns_its_rows(tmp_path: Path) -> None:
     assert "CPU per turn" in report
 
 
+@pytest.mark.django_db(transaction=True)
+def test_the_turn_suite_runs_on_a_site_whose_quota_would_refuse_its_turns(settings) -> None:
+    # One message a day for everyone: the benchmark's own turns are not the site's
+    # members' and must not be refused (a refused relayed turn once hung the run).
+    settings.MPAI = {
+        **settings.MPAI,
+        "QUOTAS": {
+            "default": {"messages_per_day": 1, "tokens_per_day": None, "tokens_per_month": None}
+        },
+    }
+    report, _ = run("turn", "--iterations", "3")
+    assert "CPU per turn" in report
+
+
 @pytest.mark.slow
 @pytest.mark.django_db(transaction=True)
 def test_the_memory_suite_reports_rss_growth_and_top_allocations() -> None:

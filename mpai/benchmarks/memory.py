@@ -52,6 +52,7 @@ def run(stdout: Writer, options: Mapping[str, Any]) -> list[dict[str, Any]]:
     """Print the figures of the module docstring; return two rows (unit ``bytes``):
     ``rss at the end`` and ``growth per 100 turns`` after the warm-up, each with its
     one value as ``p50`` (and mean, min, max, p95, p99), so baselines compare them."""
+    from mpai.benchmarks.turn import UNLIMITED
     from mpai.chat.pipeline import ChatPipeline
     from mpai.providers.offline import OfflineProvider
 
@@ -59,6 +60,8 @@ def run(stdout: Writer, options: Mapping[str, Any]) -> list[dict[str, Any]]:
     mpai_options = {
         **getattr(settings, "MPAI", {}),
         "RATE_LIMIT": {"ENABLED": False},
+        # The site's quotas would refuse a thousand turns of one user in a day.
+        "QUOTAS": {"default": UNLIMITED},
         "RESPONSE_CACHE_ENABLED": False,
     }
     provider = OfflineProvider(first_token_ms=0, tokens_per_second=0, reply=REPLY)

@@ -44,6 +44,8 @@ from mpai.providers import ChatRequest
 from mpai.providers.offline import OfflineProvider
 
 DEFAULT_ITERATIONS = 50
+#: Quota limits that never refuse (``MPAI["QUOTAS"]``).
+UNLIMITED = {"messages_per_day": None, "tokens_per_day": None, "tokens_per_month": None}
 DELTAS = 200
 
 
@@ -106,12 +108,13 @@ def _relayed_turn(pipeline: ChatPipeline, user: Any) -> int:
 
         def work() -> None:
             try:
-                relay_events(
-                    pipeline.stream(user=user, content="Tell me a story", use_cache=False),
-                    relay,
-                    frame_for,
-                    error_frame=error_frame(MpaiError()),
-                )
+                try:
+                    events = pipeline.stream(user=user, content="Tell me a story", use_cache=False)
+                except MpaiError as exc:  # refused: end the relay, then fail the run
+                    relay.put_refusal(error_frame(exc), exc)
+                    relay.finish()
+                    raise
+                relay_events(events, relay, frame_for, error_frame=error_frame(MpaiError()))
             finally:
                 connection.close()  # back to the pool: this thread ends with the loop
 
@@ -205,7 +208,12 @@ def run(stdout: Writer, options: Mapping[str, Any]) -> list[dict[str, Any]]:
     """Print the figures of the module docstring, and their ratios; return one
     :func:`~mpai.benchmarks._stats.summary_row` per µs figure of the table."""
     iterations = int(options.get("iterations") or DEFAULT_ITERATIONS)
-    mpai_options = {**getattr(settings, "MPAI", {}), "RATE_LIMIT": {"ENABLED": False}}
+    # Neither the rate limit nor the site's quotas may refuse a benchmark's turns.
+    mpai_options = {
+        **getattr(settings, "MPAI", {}),
+        "RATE_LIMIT": {"ENABLED": False},
+        "QUOTAS": {"default": UNLIMITED},
+    }
     provider = _provider()
     user = get_user_model()._default_manager.create_user(
         username=f"mpai-bench-{uuid.uuid4().hex[:12]}"
