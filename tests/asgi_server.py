@@ -81,6 +81,21 @@ class AsgiServer:
             self._log.close()
 
 
+def start_servers(env: dict[str, str], count: int = 2) -> list[AsgiServer]:
+    """Start ``count`` worker processes of one site (``env``); all stopped on a failure."""
+    started: list[AsgiServer] = []
+    try:
+        for _ in range(count):
+            server = AsgiServer(env)
+            server.start()
+            started.append(server)
+    except BaseException:
+        for server in started:
+            server.stop()
+        raise
+    return started
+
+
 def server_env(redis_url: str, provider_url: str) -> dict[str, str]:
     """The demo project's environment for a server on the test database and Redis."""
     db = connection.settings_dict

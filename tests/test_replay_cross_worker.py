@@ -18,7 +18,7 @@ from django.test import Client
 from websockets.sync.client import ClientConnection, connect
 
 from mpai.models import Message
-from tests.asgi_server import AsgiServer, server_env
+from tests.asgi_server import AsgiServer, server_env, start_servers
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -39,12 +39,8 @@ def workers(django_db_setup, django_db_blocker, redis_server, fake_openai_url) -
             "DJANGO_SETTINGS_MODULE": "tests.e2e_settings",
             "MPAI_TEST_SETTINGS": json.dumps({"PROVIDER": SLOW_OFFLINE}),
         }
-    started: list[AsgiServer] = []
+    started = start_servers(env)
     try:
-        for _ in range(2):
-            server = AsgiServer(env)
-            server.start()
-            started.append(server)
         yield started
     finally:
         for server in started:
@@ -159,12 +155,8 @@ def short_lease_workers(
                 }
             ),
         }
-    started: list[AsgiServer] = []
+    started = start_servers(env)
     try:
-        for _ in range(2):
-            server = AsgiServer(env)
-            server.start()
-            started.append(server)
         yield started
     finally:
         for server in started:

@@ -185,6 +185,8 @@ while True:  # the first command on the old master's connection fails, then it r
             raise
         time.sleep(0.05)
 while not get_rate_limiter().check("user:after-failover").allowed or not raw.get("after-failover"):
+    if time.monotonic() > deadline:
+        raise SystemExit("the rate limiter never reached the new master")
     time.sleep(0.05)
 print("done", flush=True)
 """

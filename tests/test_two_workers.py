@@ -19,7 +19,7 @@ from django.test import Client
 from prometheus_client.parser import text_string_to_metric_families
 from websockets.sync.client import connect
 
-from tests.asgi_server import AsgiServer, server_env
+from tests.asgi_server import AsgiServer, server_env, start_servers
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -41,17 +41,7 @@ def start_workers(redis_url: str, fake_openai_url: str, tmp_path: Any, **mpai: A
             | mpai
         ),
     }
-    started: list[AsgiServer] = []
-    try:
-        for _ in range(2):
-            server = AsgiServer(env)
-            server.start()
-            started.append(server)
-    except BaseException:
-        for server in started:
-            server.stop()
-        raise
-    return started
+    return start_servers(env)
 
 
 @pytest.fixture

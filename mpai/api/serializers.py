@@ -32,18 +32,11 @@ class ChatHistoryMessageSerializer(serializers.ModelSerializer):
         read_only_fields = fields
 
 
-#: The ``Message`` columns of a chat-history row, for ``.values()`` (``conversation_id``
-#: is shown as ``conversation``).
-HISTORY_ROW_VALUES = (
-    "id",
-    "conversation_id",
-    "role",
-    "content",
-    "status",
-    "model",
-    "prompt_tokens",
-    "completion_tokens",
-    "created_at",
+#: The ``Message`` columns of a chat-history row, for ``.values()``: the serializer's
+#: fields, ``conversation`` read as ``conversation_id``.
+HISTORY_ROW_VALUES = tuple(
+    "conversation_id" if name == "conversation" else name
+    for name in ChatHistoryMessageSerializer.Meta.fields
 )
 #: DRF's own field for ``created_at``: ``REST_FRAMEWORK["DATETIME_FORMAT"]`` (ISO 8601,
 #: ``Z`` for UTC by default) in the active time zone, read at each call.
